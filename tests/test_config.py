@@ -1,0 +1,37 @@
+import pytest
+
+from fastswitch import EngineConfig
+
+
+def test_presets_set_all_three_mechanisms():
+    vllm = EngineConfig.from_preset("vllm")
+    fast = EngineConfig.from_preset("fastswitch")
+    assert (vllm.block_groups, vllm.async_swap, vllm.kv_reuse) == (False, False, False)
+    assert (fast.block_groups, fast.async_swap, fast.kv_reuse) == (True, True, True)
+
+
+def test_override_turns_on_one_mechanism():
+    cfg = EngineConfig.from_preset("vllm", block_groups=True, policy="priority")
+    assert cfg.block_groups and not cfg.async_swap and cfg.policy == "priority"
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"policy": "lottery"}, "policy='lottery'"),
+        ({"block_size": 0}, "block_size=0"),
+        ({"priority_update_freq": 1.5}, "priority_update_freq=1.5"),
+        ({"num_gpu_blocks": -3}, "num_gpu_blocks=-3"),
+        ({"preemption_mode": "kill"}, "preemption_mode='kill'"),
+    ],
+)
+def test_bad_values_name_the_value(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
+        EngineConfig(**kwargs)
+
+
+def test_unknown_preset_and_field():
+    with pytest.raises(ValueError, match="preset='fast'"):
+        EngineConfig.from_preset("fast")
+    with pytest.raises(ValueError, match="blocksize"):
+        EngineConfig.from_preset("vllm", blocksize=8)
