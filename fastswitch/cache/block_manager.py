@@ -1,0 +1,139 @@
+"""Per-sequence block tables of one device's KV pool.
+
+A sequence owns a list of groups (runs of consecutive blocks); its block table, what attention
+reads, is the concatenation of the groups, and the number of groups is the number of copy calls its
+swap needs. With `block_groups=True` a sequence grows by extending its last group in place and only
+starts a new group when the blocks behind it are taken; with `block_groups=False` every block is its
+own group, as in vLLM 0.3.3.
+
+The same class manages the host (swap) pool too: one `BlockManager` per pool, keyed by whatever
+hashable id the caller uses (sequence ids on the device, conversation ids on the host).
+"""
+
+from __future__ import annotations
+
+from typing import Hashable
+
+from fastswitch.cache.allocator import BlockAllocator, BlockGroupAllocator, KVBlockAllocator, Run
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, block_groups: bool = True) -> None:
+        if not isinstance(block_size, int) or block_size < 1:
+            raise ValueError(f"block_size={block_size!r} must be a positive integer")
+        self.block_size = block_size
+        self.block_groups = block_groups
+        self.allocator: KVBlockAllocator = (
+            BlockGroupAllocator(num_blocks) if block_groups else BlockAllocator(num_blocks)
+        )
+        self._groups: dict[Hashable, list[Run]] = {}
+
+    @property
+    def num_blocks(self) -> int:
+        return self.allocator.num_blocks
+
+    @property
+    def num_free(self) -> int:
+        return self.allocator.num_free
+
+    def has(self, seq_id: Hashable) -> bool:
+        return seq_id in self._groups
+
+    def seq_ids(self) -> list[Hashable]:
+        return list(self._groups)
+
+    def groups(self, seq_id: Hashable) -> list[Run]:
+        return list(self._groups_of(seq_id))
+
+    def num_groups(self, seq_id: Hashable) -> int:
+        """Copy calls a swap of this sequence needs (per copy direction, all layers at once)."""
+        return len(self._groups_of(seq_id))
+
+    def num_blocks_of(self, seq_id: Hashable) -> int:
+        return sum(length for _, length in self._groups.get(seq_id, ()))
+
+    def block_table(self, seq_id: Hashable) -> list[int]:
+        return [block for start, length in self._groups_of(seq_id) for block in range(start, start + length)]
+
+    def blocks_for_tokens(self, num_tokens: int) -> int:
+        if not isinstance(num_tokens, int) or num_tokens < 0:
+            raise ValueError(f"num_tokens={num_tokens!r} must be a non-negative integer")
+        return -(-num_tokens // self.block_size)
+
+    def blocks_needed(self, seq_id: Hashable, num_tokens: int) -> int:
+        """New blocks seq_id needs to hold num_tokens tokens (0 for a sequence already that large)."""
+        return max(0, self.blocks_for_tokens(num_tokens) - self.num_blocks_of(seq_id))
+
+    def can_fit(self, seq_id: Hashable, num_tokens: int) -> bool:
+        return self.blocks_needed(seq_id, num_tokens) <= self.num_free
+
+    def ensure_capacity(self, seq_id: Hashable, num_tokens: int) -> list[Run]:
+        """Grows seq_id (registering it if new) to hold num_tokens tokens; returns the runs added.
+
+        Growth first extends the last group as far as the free blocks behind it reach, then takes
+        the rest as new groups. Raises ValueError, changing nothing, when too few blocks are free.
+        """
+        needed = self.blocks_needed(seq_id, num_tokens)
+        if needed > self.num_free:
+            raise ValueError(
+                f"sequence {seq_id!r} needs {needed} more blocks for num_tokens={num_tokens}, "
+                f"but only num_free={self.num_free} of {self.num_blocks} blocks are free"
+            )
+        groups = self._groups.setdefault(seq_id, [])
+        added: list[Run] = []
+        if needed and groups:
+            start, length = groups[-1]
+            grow = min(needed, self.allocator.room_after(groups[-1]))
+            if grow and self.allocator.extend(groups[-1], grow):
+                groups[-1] = (start, length + grow)
+                added.append((start + length, grow))
+                needed -= grow
+        if needed:
+            new_runs = self.allocator.allocate(needed)
+            added.extend(new_runs)
+            for run in new_runs:
+                self._append_group(groups, run)
+        return added
+
+    def truncate(self, seq_id: Hashable, num_blocks: int) -> list[Run]:
+        """Keeps the first num_blocks blocks of seq_id and frees the rest; returns the freed runs."""
+        groups = self._groups_of(seq_id)
+        if not isinstance(num_blocks, int) or not 0 <= num_blocks <= self.num_blocks_of(seq_id):
+            raise ValueError(
+                f"cannot truncate {seq_id!r} to num_blocks={num_blocks!r}: it holds {self.num_blocks_of(seq_id)}"
+            )
+        kept: list[Run] = []
+        freed: list[Run] = []
+        remaining = num_blocks
+        for start, length in groups:
+            keep = min(length, remaining)
+            remaining -= keep
+            if keep:
+                kept.append((start, keep))
+            if keep < length:
+                freed.append((start + keep, length - keep))
+        self.allocator.free(freed)
+        self._groups[seq_id] = kept
+        return freed
+
+    def free(self, seq_id: Hashable) -> None:
+        """Frees every block of seq_id and forgets it."""
+        self.allocator.free(self._groups_of(seq_id))
+        del self._groups[seq_id]
+
+    def mean_groups_per_sequence(self) -> float:
+        """Mean copy calls per swap over the live sequences that hold blocks (0.0 when none)."""
+        counts = [len(groups) for groups in self._groups.values() if groups]
+        return sum(counts) / len(counts) if counts else 0.0
+
+    def _append_group(self, groups: list[Run], run: Run) -> None:
+        # A new run can land right behind the last group (freed blocks there): one group, one copy.
+        if self.block_groups and groups and groups[-1][0] + groups[-1][1] == run[0]:
+            groups[-1] = (groups[-1][0], groups[-1][1] + run[1])
+        else:
+            groups.append(run)
+
+    def _groups_of(self, seq_id: Hashable) -> list[Run]:
+        if seq_id not in self._groups:
+            raise ValueError(f"unknown sequence {seq_id!r}: it holds no blocks in this pool")
+        return self._groups[seq_id]
