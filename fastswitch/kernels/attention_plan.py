@@ -1,0 +1,88 @@
+"""How a paged-attention call is cut into programs: tile sizes, work items and flash-decoding splits.
+
+Pure Python, no Triton, so the choices can be tested (and read) on their own. A program handles one
+work item (a sequence and a tile of its queries) for one KV head and one split of the KV range; the
+query heads sharing that KV head are folded into the tile's rows, so a decode step of a GQA model
+still gives tl.dot a full tile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastswitch.kernels.checks import BatchLayout
+
+MIN_DOT_SIZE = 16  # tl.dot needs every dimension >= 16
+PREFILL_ROWS = 64  # rows (query tokens x grouped heads) of a prefill tile on a GPU
+MIN_KEYS_PER_SPLIT = 512  # below this a split costs more in merging than it gains in parallelism
+MAX_SPLITS = 32
+PROGRAMS_PER_SM = 4  # enough resident programs to hide memory latency
+
+
+def next_power_of_two(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    group: int  # query heads per KV head
+    group_pad: int  # group rounded up to a power of two: the row pattern of a tile
+    block_q: int  # query tokens per tile
+    block_m: int  # rows of a tile, >= 16
+    block_n: int  # keys per inner iteration
+    head_dim_pad: int  # head dim rounded up to a power of two >= 16; masked beyond head_dim
+    num_splits: int  # KV range splits per tile (flash-decoding), merged by log-sum-exp
+    work_items: list[tuple[int, int]]  # (sequence, first query token of the tile)
+    num_warps: int
+
+    @property
+    def num_programs(self) -> int:
+        return len(self.work_items) * self.num_splits
+
+
+def choose_num_splits(num_programs: int, max_kv_len: int, num_sms: int) -> int:
+    """Split the KV range only when the batch alone leaves the device's SMs idle, and only so far
+    that each split still reads at least MIN_KEYS_PER_SPLIT keys."""
+    wanted = -(-PROGRAMS_PER_SM * num_sms // max(1, num_programs))
+    affordable = max(1, max_kv_len // MIN_KEYS_PER_SPLIT)
+    return max(1, min(wanted, affordable, MAX_SPLITS))
+
+
+def plan_attention(
+    layout: BatchLayout,
+    num_q_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    num_sms: int,
+    num_splits: int | None = None,
+) -> AttentionPlan:
+    """Pick tile sizes and work items for a batch; num_sms is 1 under the interpreter (programs run serially)."""
+    group = num_q_heads // num_kv_heads
+    group_pad = next_power_of_two(group)
+    max_query_len = max((layout.query_len(b) for b in range(layout.num_seqs)), default=0)
+    # Decode (one query per sequence) keeps one token per tile; prefill stacks tokens up to PREFILL_ROWS rows.
+    block_q = min(next_power_of_two(max(1, max_query_len)), max(1, PREFILL_ROWS // group_pad))
+    block_m = max(MIN_DOT_SIZE, block_q * group_pad)
+    head_dim_pad = max(MIN_DOT_SIZE, next_power_of_two(head_dim))
+    # Keep a [block_n, head_dim] K and V tile in registers: fewer keys per step for wide heads.
+    block_n = 32 if head_dim_pad >= 256 else 64
+    work_items = [
+        (b, start) for b in range(layout.num_seqs) for start in range(0, layout.query_len(b), block_q)
+    ]
+    if num_splits is None:
+        max_kv_len = max(layout.seq_lens, default=0)
+        num_splits = choose_num_splits(len(work_items) * num_kv_heads, max_kv_len, num_sms)
+    if num_splits < 1:
+        raise ValueError(f"num_splits={num_splits} must be at least 1")
+    num_warps = 8 if block_m * head_dim_pad >= 128 * 128 else 4
+    return AttentionPlan(
+        group=group,
+        group_pad=group_pad,
+        block_q=block_q,
+        block_m=block_m,
+        block_n=block_n,
+        head_dim_pad=head_dim_pad,
+        num_splits=num_splits,
+        work_items=work_items,
+        num_warps=num_warps,
+    )
