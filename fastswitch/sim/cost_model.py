@@ -1,0 +1,105 @@
+"""The roofline cost model: how long a forward step and a host<->device copy take on a profile.
+
+A forward step runs two kinds of work one after the other, and each is priced by its own roofline
+(the slower of its compute time and its memory time), then a fixed per-step overhead is added:
+
+- the matmuls (q/k/v/o, SwiGLU MLP of every layer, and the LM head for each sequence's last token):
+  FLOPs 2 * params * tokens; bytes = every weight once per step (the whole batch shares one read)
+  + the activations each matmul reads and writes;
+- attention: new token i of a sequence with c cached tokens attends to c + i + 1 positions, 4 * heads *
+  head_dim FLOPs per pair and layer (QK^T and PV); bytes = the K/V of all c + n positions read, and
+  the n new positions written.
+
+Pricing the two parts apart, rather than one roofline over the sum, matters for mixed batches: decode
+attention stays memory-bound even when a long prefill makes the matmuls compute-bound.
+
+A copy costs a fixed latency per copy call plus bytes over the link rate of its direction, so one
+copy of a whole block group is far cheaper than one copy per block per layer per K/V of equal bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fastswitch.sim.hardware import US, HardwareProfile
+from fastswitch.sim.model_shapes import ModelShape
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """The priced parts of one forward step (seconds, FLOPs, bytes)."""
+
+    num_tokens: int
+    num_seqs: int
+    matmul_flops: float
+    matmul_bytes: float
+    attention_flops: float
+    attention_bytes: float
+    matmul_time: float
+    attention_time: float
+    overhead_time: float
+    matmul_compute_bound: bool  # the matmuls are limited by FLOPs (prefill-heavy), not by memory (decode)
+
+    @property
+    def total_time(self) -> float:
+        return self.matmul_time + self.attention_time + self.overhead_time
+
+
+class CostModel:
+    """Prices forward steps and copies of one model on one hardware profile."""
+
+    def __init__(self, model: ModelShape, hardware: HardwareProfile) -> None:
+        self.model = model
+        self.hardware = hardware
+
+    def step_cost(self, batch: Sequence[tuple[int, int]]) -> StepCost:
+        """batch: one (new tokens, cached tokens) pair per sequence of the step. An empty batch costs 0."""
+        for new, cached in batch:
+            if new < 1 or cached < 0:
+                raise ValueError(f"batch entry (new={new}, cached={cached}) needs new >= 1 and cached >= 0")
+        m, hw = self.model, self.hardware
+        num_seqs = len(batch)
+        if num_seqs == 0:
+            return StepCost(0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, False)
+        num_tokens = sum(new for new, _ in batch)
+
+        matmul_flops = 2.0 * m.num_layers * m.layer_matmul_params * num_tokens
+        matmul_flops += 2.0 * m.lm_head_params * num_seqs  # logits of each sequence's last token only
+        matmul_bytes = float(m.weight_bytes_per_step + m.activation_bytes_per_token * num_tokens)
+        matmul_bytes += num_seqs * m.vocab_size * m.dtype_bytes  # the logits written
+        flop_time = matmul_flops / hw.effective_flops
+        byte_time = matmul_bytes / hw.effective_bandwidth
+        matmul_time = max(flop_time, byte_time)
+
+        attended_pairs = sum(new * cached + new * (new + 1) / 2 for new, cached in batch)
+        attention_flops = 4.0 * m.num_layers * m.num_heads * m.head_dim * attended_pairs
+        touched_positions = sum(cached + 2 * new for new, cached in batch)  # read cached + new, write new
+        attention_bytes = float(m.kv_bytes_per_token * touched_positions)
+        attention_time = max(attention_flops / hw.effective_flops, attention_bytes / hw.effective_bandwidth)
+
+        return StepCost(
+            num_tokens=num_tokens,
+            num_seqs=num_seqs,
+            matmul_flops=matmul_flops,
+            matmul_bytes=matmul_bytes,
+            attention_flops=attention_flops,
+            attention_bytes=attention_bytes,
+            matmul_time=matmul_time,
+            attention_time=attention_time,
+            overhead_time=hw.step_overhead_us * US,
+            matmul_compute_bound=flop_time >= byte_time,
+        )
+
+    def forward_time(self, batch: Sequence[tuple[int, int]]) -> float:
+        """Seconds of one forward step over batch = [(new tokens, cached tokens), ...]."""
+        return self.step_cost(batch).total_time
+
+    def copy_time(self, num_bytes: int, num_calls: int, direction: str) -> float:
+        """Seconds to move num_bytes in num_calls copy calls, "h2d" (swap-in) or "d2h" (swap-out)."""
+        if num_bytes < 0 or num_calls < 0:
+            raise ValueError(f"num_bytes={num_bytes} and num_calls={num_calls} must be >= 0")
+        if num_bytes > 0 and num_calls == 0:
+            raise ValueError(f"num_bytes={num_bytes} cannot move in num_calls=0 copy calls")
+        bandwidth = self.hardware.link_bandwidth(direction)
+        return num_calls * self.hardware.copy_call_latency_us * US + num_bytes / bandwidth

@@ -1,0 +1,123 @@
+"""Hardware profiles: what the cost model needs to know about a GPU and its host link.
+
+Every published figure carries its source (see /work/shared/REFERENCES.md for the full list). Peak
+throughput is dense BF16/FP16 tensor-core throughput (no sparsity). The efficiency factors are not
+properties of the chip but of software running on it; their defaults are the middles of the ranges
+that LLM-serving simulators use (inference-sim's hardware guide: effective memory bandwidth 0.6-0.8 of
+peak, prefill MFU 0.5-0.7, ~50-60 us per-step overhead). A calibrated profile measured on a real GPU
+replaces them (`HardwareProfile.from_json`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+GB = 1e9  # decimal, as vendors quote bandwidth
+US = 1e-6
+
+# Pinned host<->device copy rates per direction: about 25 GB/s on PCIe 4.0 x16 and 35-55 GB/s on
+# PCIe 5.0 x16 (REFERENCES.md, "Hardware"); we take 25 and the middle of the PCIe 5.0 range, 45.
+PCIE4_X16_GBS = 25.0
+PCIE5_X16_GBS = 45.0
+
+# Per-call cost of one cudaMemcpyAsync: 2-7 us reported. Fitted to the V100 PCIe 3.0 pinned figures of
+# REFERENCES.md (4 KB at 1.4 GB/s, 16 KB at 4.0, 32 KB at 5.9, 100 KB at 9.2, >= 2 MB at ~12.25): size /
+# measured rate - size / 12.25 GB/s gives 2.6, 2.8, 2.9 and 2.8 us, so 2.8 us per call.
+COPY_CALL_LATENCY_US = 2.8
+
+DEFAULT_MFU = 0.6  # middle of 0.5-0.7 (inference-sim hardware guide)
+DEFAULT_BANDWIDTH_EFFICIENCY = 0.7  # middle of 0.6-0.8 (inference-sim hardware guide)
+DEFAULT_STEP_OVERHEAD_US = 55.0  # middle of 50-60 us (inference-sim hardware guide)
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    name: str
+    peak_tflops: float  # dense BF16/FP16 tensor throughput, 1e12 FLOP/s
+    memory_bandwidth_gbs: float  # device memory (HBM/GDDR) bandwidth, GB/s
+    memory_gb: float  # device memory capacity, GB
+    h2d_gbs: float  # pinned host -> device copy rate, GB/s
+    d2h_gbs: float  # pinned device -> host copy rate, GB/s
+    copy_call_latency_us: float = COPY_CALL_LATENCY_US
+    mfu: float = DEFAULT_MFU  # fraction of peak FLOPs that matmuls reach
+    bandwidth_efficiency: float = DEFAULT_BANDWIDTH_EFFICIENCY  # fraction of peak memory bandwidth reached
+    step_overhead_us: float = DEFAULT_STEP_OVERHEAD_US  # fixed cost of one forward step (launches, sync)
+
+    def __post_init__(self) -> None:
+        positive = ("peak_tflops", "memory_bandwidth_gbs", "memory_gb", "h2d_gbs", "d2h_gbs")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be > 0 (profile {self.name!r})")
+        for name in ("mfu", "bandwidth_efficiency"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must lie in (0, 1] (profile {self.name!r})")
+        for name in ("copy_call_latency_us", "step_overhead_us"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0 (profile {self.name!r})")
+
+    @property
+    def effective_flops(self) -> float:
+        """FLOP/s that a compute-bound kernel reaches."""
+        return self.peak_tflops * 1e12 * self.mfu
+
+    @property
+    def effective_bandwidth(self) -> float:
+        """Bytes/s that a memory-bound kernel reaches."""
+        return self.memory_bandwidth_gbs * GB * self.bandwidth_efficiency
+
+    def link_bandwidth(self, direction: str) -> float:
+        """Bytes/s of the host link in one direction: "h2d" (swap-in) or "d2h" (swap-out)."""
+        if direction == "h2d":
+            return self.h2d_gbs * GB
+        if direction == "d2h":
+            return self.d2h_gbs * GB
+        raise ValueError(f"direction={direction!r} is not one of ('h2d', 'd2h')")
+
+    def replace(self, **changes) -> "HardwareProfile":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "HardwareProfile":
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown profile field(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+PROFILES: dict[str, HardwareProfile] = {
+    # NVIDIA A10 datasheet: 125 TFLOPS BF16 dense, 24 GB GDDR6 at 600 GB/s, PCIe 4.0 x16.
+    "a10": HardwareProfile("a10", 125.0, 600.0, 24.0, PCIE4_X16_GBS, PCIE4_X16_GBS),
+    # NVIDIA A100 datasheet: 312 TFLOPS BF16 dense; 80 GB PCIe card at 1,935 GB/s, PCIe 4.0 x16.
+    "a100-80gb-pcie": HardwareProfile("a100-80gb-pcie", 312.0, 1935.0, 80.0, PCIE4_X16_GBS, PCIE4_X16_GBS),
+    # NVIDIA A100 datasheet: 80 GB SXM module at 2,039 GB/s; its host link is still PCIe 4.0 x16.
+    "a100-80gb-sxm": HardwareProfile("a100-80gb-sxm", 312.0, 2039.0, 80.0, PCIE4_X16_GBS, PCIE4_X16_GBS),
+    # NVIDIA H100 datasheet: SXM 989 TFLOPS BF16 dense, 80 GB HBM3 at 3.35 TB/s, PCIe 5.0 x16 host link.
+    "h100-sxm": HardwareProfile("h100-sxm", 989.0, 3350.0, 80.0, PCIE5_X16_GBS, PCIE5_X16_GBS),
+    # NVIDIA H100 datasheet: PCIe card 756 TFLOPS BF16 dense, 80 GB HBM2e at 2.0 TB/s, PCIe 5.0 x16.
+    "h100-pcie": HardwareProfile("h100-pcie", 756.0, 2000.0, 80.0, PCIE5_X16_GBS, PCIE5_X16_GBS),
+}
+# The paper's Qwen-32B machine is "an A100 80 GB"; the PCIe card is the common one in PCIe 4.0 servers.
+ALIASES = {"a100": "a100-80gb-pcie", "a100-80gb": "a100-80gb-pcie", "h100": "h100-sxm", "a10-24gb": "a10"}
+
+
+def get_profile(name_or_path: str | Path) -> HardwareProfile:
+    """A built-in profile by name (case-insensitive, aliases allowed) or a calibrated one from a JSON file."""
+    key = str(name_or_path).lower()
+    key = ALIASES.get(key, key)
+    if key in PROFILES:
+        return PROFILES[key]
+    path = Path(name_or_path)
+    if path.suffix == ".json" and path.is_file():
+        return HardwareProfile.from_json(path)
+    raise ValueError(
+        f"hardware={str(name_or_path)!r} is neither a known profile {sorted(PROFILES) + sorted(ALIASES)} "
+        "nor a profile JSON file"
+    )
