@@ -51,7 +51,7 @@ class Turn:
     prompt_tokens: int  # new tokens of the user's message (the earlier context is not counted)
     response_tokens: int  # tokens the engine generates for this turn
     think_time: float  # seconds between the previous answer's last token and this message (0 for turn 0)
-    priority: int = 0  # priority level, 0 = lowest
+    priority: int = 0  # priority level; 0 is the most urgent, as in the scheduler (vLLM's convention)
     prompt_token_ids: tuple[int, ...] | None = None
     prompt_text: str | None = None
 
@@ -110,14 +110,16 @@ def _lognormal_lengths(rng: np.random.Generator, mean: float, sigma: float, size
 
 
 def draw_priorities(
-    rng: np.random.Generator, pattern: str, num_levels: int, count: int, markov_stay: float = 0.7
+    rng: np.random.Generator, pattern: str, num_levels: int, count: int, markov_stay: float = 0.5
 ) -> list[int]:
     """Priority levels of `count` successive turns of one conversation.
 
     The FastSwitch paper takes its patterns from Yin et al. 2024 without defining them; this reading
-    is an assumption (REFERENCES.md): `random` draws every level uniformly and independently;
-    `markov` draws the first level uniformly, then stays with probability `markov_stay` or moves one
-    level up or down (reflected at the ends), so a conversation's importance drifts slowly.
+    is an assumption (REFERENCES.md), the same as the scheduler's run-time re-draws
+    (fastswitch/sched/priority_patterns.py) but applied from turn to turn: `random` draws every level
+    uniformly and independently; `markov` draws the first level uniformly, then stays with probability
+    `markov_stay` or moves one level up or down (reflected at the ends), so a conversation's
+    importance drifts slowly.
     """
     if pattern not in PRIORITY_PATTERNS:
         raise ValueError(f"priority pattern={pattern!r} is not one of {PRIORITY_PATTERNS}")
