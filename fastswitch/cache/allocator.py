@@ -16,6 +16,8 @@ from typing import Iterable, Protocol
 
 Run = tuple[int, int]  # (start, length): the blocks start, start + 1, ..., start + length - 1
 
+PLACEMENTS = ("spread", "start", "best_fit")  # where BlockGroupAllocator puts a new group
+
 
 class KVBlockAllocator(Protocol):
     """What `BlockManager` needs from an allocator."""
@@ -66,18 +68,24 @@ def _check_owned(runs: list[Run], allocated: bytearray) -> None:
 class BlockGroupAllocator:
     """Contiguous block groups that grow in place.
 
-    Placement: a new group goes into the largest free run, and -- when a live group ends right
-    before that run -- into the middle of the run's slack rather than at its start. The group behind
-    then keeps half the room to grow into and the new group gets the other half; with many live
-    sequences this spreads the free space evenly behind all of them, so decode growth (one block
-    every `block_size` tokens) usually extends a group in place. Placing at the start of the largest
-    run instead takes all the room of the group behind it, and first fit packs groups back to back
-    with no room at all; tests/cache/test_fragmentation.py measures the three.
+    Placement ("spread", the default): a new group goes into the largest free run, and -- when a
+    live group ends right before that run -- into the middle of the run's slack rather than at its
+    start. The group behind keeps half the room to grow into and the new group gets the other half;
+    with many live sequences this spreads the free space evenly behind all of them, so decode growth
+    (one block every `block_size` tokens) usually extends a group in place. The alternatives kept for
+    comparison: "start" (start of the largest run: takes all the room of the group behind) and
+    "best_fit" (start of the smallest run that fits: packs groups back to back, leaving no room).
+    tests/cache/test_fragmentation.py measures all three; under a serving-like churn at ~70%
+    occupancy "spread" keeps about 2 groups per live sequence where "start" needs about 8 and
+    "best_fit" about 17 (one block at a time: about 29).
     """
 
-    def __init__(self, num_blocks: int) -> None:
+    def __init__(self, num_blocks: int, placement: str = "spread") -> None:
         _check_num_blocks(num_blocks)
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement={placement!r} is not one of {PLACEMENTS}")
         self.num_blocks = num_blocks
+        self.placement = placement
         self._free_starts: list[int] = [0]  # sorted starts of the free runs
         self._free_length: dict[int, int] = {0: num_blocks}  # start -> length of each free run
         self._allocated = bytearray(num_blocks)
@@ -98,9 +106,11 @@ class BlockGroupAllocator:
         _check_request(n, self._num_free, self.num_blocks)
         if n == 0:
             return []
-        largest = max(self._free_starts, key=lambda s: self._free_length[s])
-        if self._free_length[largest] >= n:
-            return [self._take(self._placement(largest, n), n)]
+        fitting = [s for s in self._free_starts if self._free_length[s] >= n]
+        if fitting:
+            pick = min if self.placement == "best_fit" else max
+            run_start = pick(fitting, key=lambda s: self._free_length[s])
+            return [self._take(self._placement(run_start, n), n)]
         # No run is large enough: the fewest runs are the largest ones. Whole runs first, and the
         # remainder from the smallest run that holds it, returned last because a sequence grows its
         # last group and that one keeps the room after it.
@@ -150,10 +160,10 @@ class BlockGroupAllocator:
             self._insert_free(start, length)
 
     def _placement(self, run_start: int, n: int) -> int:
-        slack = self._free_length[run_start] - n
-        if run_start == 0:  # no group behind this run: all the slack is room for the new group
-            return 0
-        return run_start + slack // 2
+        # run_start == 0: no group behind this run, so all the slack is room for the new group.
+        if self.placement != "spread" or run_start == 0:
+            return run_start
+        return run_start + (self._free_length[run_start] - n) // 2
 
     def _take(self, start: int, n: int) -> Run:
         """Marks blocks start .. start + n - 1, which lie in one free run, as allocated."""

@@ -18,13 +18,15 @@ from fastswitch.cache.allocator import BlockAllocator, BlockGroupAllocator, KVBl
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, block_groups: bool = True) -> None:
+    def __init__(
+        self, num_blocks: int, block_size: int, block_groups: bool = True, placement: str = "spread"
+    ) -> None:
         if not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size={block_size!r} must be a positive integer")
         self.block_size = block_size
         self.block_groups = block_groups
         self.allocator: KVBlockAllocator = (
-            BlockGroupAllocator(num_blocks) if block_groups else BlockAllocator(num_blocks)
+            BlockGroupAllocator(num_blocks, placement) if block_groups else BlockAllocator(num_blocks)
         )
         self._groups: dict[Hashable, list[Run]] = {}
 
