@@ -1,0 +1,127 @@
+"""Named experiments: the paper's two setups, its ablation and a rate sweep, as data.
+
+An `Experiment` fixes the model, the hardware, the workload and the engine settings; `presets`
+lists the engine variants to compare, each a preset name ("vllm", "fastswitch") or an ablation step
+written "vllm+block_groups+async_swap" (the vllm preset with those mechanisms switched on).
+
+Sizing follows vLLM 0.3.3, the paper's baseline: the device KV pool is what remains of
+`gpu_memory_utilization` (0.9) of device memory after the weights and an activation reserve, and the
+host pool is the paper's 60 GB of swap space per GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from fastswitch.config import PRESETS, EngineConfig
+from fastswitch.sim.hardware import GB, HardwareProfile, get_profile
+from fastswitch.sim.model_shapes import ModelShape, get_model_shape
+
+MECHANISMS = ("block_groups", "async_swap", "kv_reuse")
+# The paper's ablation adds one mechanism at a time to the vLLM baseline.
+ABLATION_PRESETS = ("vllm", "vllm+block_groups", "vllm+block_groups+async_swap", "fastswitch")
+
+# Activation workspace kept free beside weights and KV (vLLM measures it with a profiling forward;
+# 1 GB is a typical figure for an 8B-30B model at a 2,048-token step, and an assumption here).
+ACTIVATION_RESERVE_GB = 1.0
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    model: str
+    hardware: str
+    presets: tuple[str, ...] = ("vllm", "fastswitch")
+    num_conversations: int = 1000
+    rate: float = 1.0  # conversation arrivals per second
+    seeds: tuple[int, ...] = (0,)
+    rates: tuple[float, ...] = ()  # a sweep over arrival rates when not empty
+    host_swap_gb: float = 60.0
+    gpu_memory_utilization: float = 0.9
+    engine: dict = field(default_factory=dict)  # EngineConfig overrides shared by every preset
+    workload: dict = field(default_factory=dict)  # synthetic_sharegpt overrides
+    description: str = ""
+
+    def replace(self, **changes) -> "Experiment":
+        return dataclasses.replace(self, **changes)
+
+    def model_shape(self) -> ModelShape:
+        return get_model_shape(self.model)
+
+    def hardware_profile(self) -> HardwareProfile:
+        return get_profile(self.hardware)
+
+    def kv_pool_blocks(self, block_size: int) -> tuple[int, int]:
+        """(device blocks, host blocks) for this model on this hardware."""
+        shape, hw = self.model_shape(), self.hardware_profile()
+        block_bytes = shape.kv_block_bytes(block_size)
+        free = hw.memory_gb * GB * self.gpu_memory_utilization - shape.num_params * shape.dtype_bytes
+        free -= ACTIVATION_RESERVE_GB * GB
+        device_blocks = int(free // block_bytes)
+        if device_blocks < 1:
+            raise ValueError(
+                f"model {shape.name} ({shape.num_params * shape.dtype_bytes / GB:.1f} GB of weights) leaves no "
+                f"room for KV on {hw.name} ({hw.memory_gb} GB at gpu_memory_utilization={self.gpu_memory_utilization})"
+            )
+        return device_blocks, int(self.host_swap_gb * GB // block_bytes)
+
+    def engine_config(self, preset: str, seed: int) -> EngineConfig:
+        """The EngineConfig of one preset (or ablation step) of this experiment."""
+        base, *extras = preset.split("+")
+        unknown = [m for m in extras if m not in MECHANISMS]
+        if base not in PRESETS or unknown:
+            raise ValueError(
+                f"preset={preset!r}: expected one of {tuple(PRESETS)} optionally followed by "
+                f"'+mechanism' with mechanisms from {MECHANISMS}"
+            )
+        block_size = self.engine.get("block_size", 16)
+        device_blocks, host_blocks = self.kv_pool_blocks(block_size)
+        overrides = {"num_gpu_blocks": device_blocks, "num_cpu_blocks": host_blocks, "seed": seed, **self.engine}
+        overrides.update({m: True for m in extras})
+        return EngineConfig.from_preset(base, **overrides)
+
+
+# The paper's settings (DESIGN.md, REFERENCES.md): priority scheduling with priorities re-drawn at an
+# update frequency of 0.04 (Llama-8B) or 0.02 (Qwen-32B), Multi-Round ShareGPT at 1 req/s, 60 GB swap.
+_PAPER_ENGINE = {"policy": "priority", "priority_pattern": "random", "max_num_seqs": 256, "max_model_len": 8192}
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "llama8b-a10": Experiment(
+        "llama8b-a10", "llama-3-8b", "a10",
+        engine={**_PAPER_ENGINE, "priority_update_freq": 0.04},
+        description="Llama-3-8B on an A10 24 GB, random priorities re-drawn with frequency 0.04",
+    ),
+    "qwen32b-a100": Experiment(
+        "qwen32b-a100", "qwen2.5-32b", "a100",
+        engine={**_PAPER_ENGINE, "priority_update_freq": 0.02},
+        description="Qwen2.5-32B on an A100 80 GB, random priorities re-drawn with frequency 0.02",
+    ),
+    "llama8b-a10-markov": Experiment(
+        "llama8b-a10-markov", "llama-3-8b", "a10",
+        engine={**_PAPER_ENGINE, "priority_update_freq": 0.04, "priority_pattern": "markov"},
+        description="as llama8b-a10 with the markov priority pattern",
+    ),
+    "ablation-llama8b-a10": Experiment(
+        "ablation-llama8b-a10", "llama-3-8b", "a10", presets=ABLATION_PRESETS,
+        engine={**_PAPER_ENGINE, "priority_update_freq": 0.04},
+        description="one mechanism at a time on top of vLLM, Llama-3-8B on an A10",
+    ),
+    "rate-sweep-llama8b-a10": Experiment(
+        "rate-sweep-llama8b-a10", "llama-3-8b", "a10", rates=(0.5, 0.75, 1.0, 1.25, 1.5),
+        engine={**_PAPER_ENGINE, "priority_update_freq": 0.04},
+        description="request rate sweep, Llama-3-8B on an A10",
+    ),
+    # A small run for smoke tests and the README's quick start: 50 conversations in seconds.
+    "smoke": Experiment(
+        "smoke", "llama-3-8b", "a10", num_conversations=50, rate=2.0,
+        engine={**_PAPER_ENGINE, "priority_update_freq": 0.04},
+        description="50 conversations of the llama8b-a10 setup, for a quick check",
+    ),
+}  # fmt: skip
+
+
+def get_experiment(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        raise ValueError(f"experiment={name!r} is not one of {sorted(EXPERIMENTS)}")
+    return EXPERIMENTS[name]

@@ -1,0 +1,50 @@
+import pytest
+
+from fastswitch.cache.copy_engine import CopyJob, CopyPair
+from fastswitch.sim.clock import CopyQueues, VirtualClock
+from fastswitch.sim.copy_engine import VirtualCopyEngine
+from fastswitch.sim.cost_model import CostModel
+from fastswitch.sim.hardware import HardwareProfile
+from fastswitch.sim.model_shapes import get_model_shape
+
+# 1,000 B/s each way, 0.01 s per copy call.
+LINK = HardwareProfile("link", peak_tflops=1.0, memory_bandwidth_gbs=1.0, memory_gb=1.0, h2d_gbs=1e-6,
+                       d2h_gbs=1e-6, copy_call_latency_us=1e4)  # fmt: skip
+
+
+def engine(asynchronous: bool) -> VirtualCopyEngine:
+    queues = CopyQueues(CostModel(get_model_shape("smollm2-135m"), LINK))
+    return VirtualCopyEngine(queues, VirtualClock(), asynchronous)
+
+
+def job(direction: str, lengths: list[int], per_layer: bool = False) -> CopyJob:
+    pairs = tuple(CopyPair(src=10 * i, dst=20 * i, length=n) for i, n in enumerate(lengths))
+    return CopyJob(direction, pairs, per_layer=per_layer, num_layers=2, block_bytes=100)
+
+
+def test_async_copy_overlaps_and_completes_when_the_clock_passes_it():
+    e = engine(asynchronous=True)
+    handle = e.submit(job("out", [3, 2]))  # 2 calls (0.02 s) + 500 B (0.5 s)
+    assert e.clock.now == 0.0 and not handle.done()
+    e.clock.advance(0.5)
+    assert not handle.done()
+    e.clock.advance(0.02)
+    assert handle.done()
+    assert e.queues.stats["d2h"].calls == 2 and e.queues.stats["d2h"].bytes == 500
+
+
+def test_waiting_on_a_copy_moves_the_clock_to_its_end():
+    e = engine(asynchronous=True)
+    e.clock.advance(1.0)
+    handle = e.submit(job("in", [1]))
+    handle.wait()
+    assert e.clock.now == pytest.approx(1.0 + 0.01 + 0.1) and handle.done()
+
+
+def test_sync_copy_returns_when_done_and_per_layer_jobs_pay_per_call():
+    e = engine(asynchronous=False)
+    grouped = e.submit(job("out", [4]))  # 1 call + 400 B: 0.41 s
+    assert grouped.done() and e.clock.now == pytest.approx(0.41)
+    per_layer = e.submit(job("out", [4], per_layer=True))  # 4 blocks * 2 layers * K/V = 16 calls
+    assert per_layer.done() and e.clock.now == pytest.approx(0.41 + 0.16 + 0.4)
+    assert e.queues.stats["d2h"].calls == 17

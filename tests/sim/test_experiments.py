@@ -1,0 +1,36 @@
+import pytest
+
+from fastswitch.sim.experiments import ABLATION_PRESETS, EXPERIMENTS, get_experiment
+
+
+def test_pool_sizes_follow_memory_left_after_weights():
+    # A10: 24 GB * 0.9 - 16.06 GB of Llama-3-8B weights - 1 GB reserve = 4.54 GB of 2 MiB blocks.
+    device, host = get_experiment("llama8b-a10").kv_pool_blocks(16)
+    assert device == 2164
+    assert host == int(60e9 // (2 * 1024 * 1024))
+    # Qwen2.5-32B leaves 72 - 65.5 - 1 GB on an A100 80 GB, in 4 MiB blocks.
+    assert get_experiment("qwen32b-a100").kv_pool_blocks(16)[0] == 1304
+
+
+def test_ablation_steps_switch_on_one_mechanism_at_a_time():
+    exp = get_experiment("ablation-llama8b-a10")
+    flags = [
+        (c.block_groups, c.async_swap, c.kv_reuse) for c in (exp.engine_config(p, seed=0) for p in ABLATION_PRESETS)
+    ]
+    assert flags == [(False, False, False), (True, False, False), (True, True, False), (True, True, True)]
+    assert exp.engine_config("fastswitch", seed=7).seed == 7
+    assert exp.engine_config("vllm", seed=0).priority_update_freq == 0.04
+
+
+def test_paper_update_frequencies():
+    assert EXPERIMENTS["llama8b-a10"].engine["priority_update_freq"] == 0.04
+    assert EXPERIMENTS["qwen32b-a100"].engine["priority_update_freq"] == 0.02
+
+
+def test_bad_names_raise():
+    with pytest.raises(ValueError, match="experiment='nope'"):
+        get_experiment("nope")
+    with pytest.raises(ValueError, match="preset='vllm\\+warp'"):
+        get_experiment("smoke").engine_config("vllm+warp", seed=0)
+    with pytest.raises(ValueError, match="leaves no room"):
+        get_experiment("smoke").replace(model="qwen2.5-32b").kv_pool_blocks(16)
