@@ -1,0 +1,21 @@
+"""Llama-family models over the paged KV cache: loading, the serving forward, the runner, sampling."""
+
+from fastswitch.models.llama import SUPPORTED_MODEL_TYPES, AttentionBatch, LlamaForServing
+from fastswitch.models.loader import LoadedModel, load_model
+from fastswitch.models.runner import ForwardChunk, KVCacheSpec, ModelRunner, default_num_blocks, kv_cache_spec
+from fastswitch.models.sampling import Sampler, SamplingParams
+
+__all__ = [
+    "SUPPORTED_MODEL_TYPES",
+    "AttentionBatch",
+    "ForwardChunk",
+    "KVCacheSpec",
+    "LlamaForServing",
+    "LoadedModel",
+    "ModelRunner",
+    "Sampler",
+    "SamplingParams",
+    "default_num_blocks",
+    "kv_cache_spec",
+    "load_model",
+]

@@ -1,0 +1,213 @@
+"""The Llama forward written for serving: packed tokens, paged KV cache, no padding.
+
+All new tokens of a step (prefills, prefill chunks and decodes of many sequences) run as one packed
+[T, hidden] batch. Each layer writes its new K/V into the block-major cache through `store_kv` and
+attends over each sequence's cached blocks with `paged_attention`, so a prefill chunk and a decode
+token take the same path. Q, K and V come from one fused matmul, gate and up from another: fewer,
+larger matmuls are what a CPU (and a GPU) does best. Ops otherwise follow `transformers`' Llama in
+the same order and precision (RMSNorm in fp32, rotary in fp32 then cast), so outputs match it.
+
+The weights are created uninitialised (on the meta device first, so no random init is paid for);
+`fastswitch.models.loader` fills them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PretrainedConfig
+
+from fastswitch.kernels import paged_attention, store_kv
+from fastswitch.models.rope import RotaryEmbedding, apply_rotary
+
+# Model types whose checkpoints use Llama's architecture and weight names.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+
+
+def head_dim_of(config: PretrainedConfig) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def num_kv_heads_of(config: PretrainedConfig) -> int:
+    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+
+
+def check_supported_config(config: PretrainedConfig) -> None:
+    """Raise ValueError naming what is wrong when config is not a Llama-family model this forward runs."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"model_type={model_type!r} is not supported: the forward runs Llama-architecture models "
+            f"({', '.join(SUPPORTED_MODEL_TYPES)})"
+        )
+    act = getattr(config, "hidden_act", "silu")
+    if act != "silu":
+        raise ValueError(f"hidden_act={act!r} is not supported; Llama's SwiGLU MLP uses 'silu'")
+    heads, kv_heads = config.num_attention_heads, num_kv_heads_of(config)
+    if heads % kv_heads != 0:
+        raise ValueError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
+    if head_dim_of(config) % 2 != 0:
+        raise ValueError(f"head_dim={head_dim_of(config)} must be even for rotary embeddings")
+
+
+def max_supported_len(config: PretrainedConfig) -> int:
+    """Longest sequence the forward computes exactly: the position limit, and a sliding window if any.
+
+    Attention here is full attention; with a sliding window (Mistral) it equals the model's own as
+    long as sequences do not outgrow the window.
+    """
+    window = getattr(config, "sliding_window", None)
+    limit = config.max_position_embeddings
+    return min(limit, window) if window else limit
+
+
+@dataclass
+class AttentionBatch:
+    """Where the packed tokens of one step live in the paged cache (built by the ModelRunner)."""
+
+    slot_mapping: torch.Tensor  # [T] int64: block_id * block_size + offset of each new token
+    block_tables: torch.Tensor  # [B, max_blocks] int32, padded with 0
+    seq_lens: torch.Tensor  # [B] int32: cached + new tokens
+    query_start_loc: torch.Tensor  # [B + 1] int32, cumulative new-token counts
+    seq_ends: list[int]  # host copy of seq_lens, for length-dependent rope types
+    query_lens: list[int]  # new tokens per sequence
+    backend: str = "auto"
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float, **factory) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(hidden_size, **factory))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 and cast back before the weight, exactly as transformers does.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: PretrainedConfig, **factory) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = num_kv_heads_of(config)
+        self.head_dim = head_dim_of(config)
+        self.scale = self.head_dim**-0.5
+        bias = getattr(config, "attention_bias", False)
+        qkv_size = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+        self.qkv_proj = nn.Linear(config.hidden_size, qkv_size, bias=bias, **factory)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias, **factory)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [T, hidden]
+        cos: torch.Tensor,  # [T, D]
+        sin: torch.Tensor,
+        k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D], a view of the block-major cache
+        v_cache: torch.Tensor,
+        batch: AttentionBatch,
+    ) -> torch.Tensor:
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = apply_rotary(q.unflatten(-1, (self.num_heads, self.head_dim)), cos, sin)  # [T, Hq, D]
+        k = apply_rotary(k.unflatten(-1, (self.num_kv_heads, self.head_dim)), cos, sin)  # [T, Hkv, D]
+        v = v.unflatten(-1, (self.num_kv_heads, self.head_dim)).contiguous()
+        store_kv(k, v, k_cache, v_cache, batch.slot_mapping, backend=batch.backend)
+        out = paged_attention(
+            q, k_cache, v_cache, batch.block_tables, batch.seq_lens, batch.query_start_loc,
+            scale=self.scale, backend=batch.backend,
+        )  # [T, Hq, D]
+        return self.o_proj(out.flatten(1))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: PretrainedConfig, **factory) -> None:
+        super().__init__()
+        bias = getattr(config, "mlp_bias", False)
+        self.intermediate_size = config.intermediate_size
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=bias, **factory)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias, **factory)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: PretrainedConfig, **factory) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, **factory)
+        self.self_attn = LlamaAttention(config, **factory)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, **factory)
+        self.mlp = LlamaMLP(config, **factory)
+
+    def forward(self, x, cos, sin, k_cache, v_cache, batch: AttentionBatch) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, batch)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaForServing(nn.Module):
+    """A Llama-family causal LM over a paged KV cache. Weights start uninitialised: use the loader."""
+
+    def __init__(self, config: PretrainedConfig, dtype: torch.dtype, device: str | torch.device = "cpu") -> None:
+        check_supported_config(config)
+        super().__init__()
+        self.config = config
+        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+        factory = {"dtype": dtype, "device": "meta"}
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, **factory)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, **factory) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, **factory)
+        self.lm_head = None if self.tie_word_embeddings else nn.Linear(
+            config.hidden_size, config.vocab_size, bias=False, **factory
+        )
+        self.to_empty(device=device)
+        self.requires_grad_(False)
+        self.rotary = RotaryEmbedding(config, torch.device(device))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def num_kv_heads(self) -> int:
+        return num_kv_heads_of(self.config)
+
+    @property
+    def head_dim(self) -> int:
+        return head_dim_of(self.config)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [T] int64
+        positions: torch.Tensor,  # [T] int64
+        batch: AttentionBatch,
+        kv_cache,  # fastswitch.cache.KVCache: .key(layer) / .value(layer) views
+    ) -> torch.Tensor:
+        """Hidden states [T, hidden] after the final norm; K/V of the new tokens land in kv_cache."""
+        hidden = self.embed_tokens(input_ids)
+        cos, sin = self.rotary.cos_sin(positions, batch.seq_ends, batch.query_lens, hidden.dtype)
+        for index, layer in enumerate(self.layers):
+            hidden = layer(hidden, cos, sin, kv_cache.key(index), kv_cache.value(index), batch)
+        return self.norm(hidden)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, hidden] -> logits [B, vocab] in the model's dtype."""
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight)

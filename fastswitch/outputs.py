@@ -1,0 +1,55 @@
+"""The records `LLM.generate` returns: one RequestOutput per prompt, with its timing metrics.
+
+Times are `time.monotonic()` seconds. TTFT is first token minus arrival; the TBTs are the gaps
+between consecutive output tokens, so a request with n tokens has n - 1 of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RequestMetrics:
+    arrival_time: float
+    first_token_time: float | None = None
+    finish_time: float | None = None
+    token_times: list[float] = field(default_factory=list)  # when each output token was sampled
+    num_preemptions: int = 0
+    swap_stall_time: float = 0.0  # seconds the request waited on its own swap-ins
+
+    @property
+    def ttft(self) -> float | None:
+        if self.first_token_time is None:
+            return None
+        return self.first_token_time - self.arrival_time
+
+    @property
+    def tbts(self) -> list[float]:
+        return [later - earlier for earlier, later in zip(self.token_times, self.token_times[1:])]
+
+    @property
+    def e2e_latency(self) -> float | None:
+        if self.finish_time is None:
+            return None
+        return self.finish_time - self.arrival_time
+
+    def record_token(self, now: float) -> None:
+        if self.first_token_time is None:
+            self.first_token_time = now
+        self.token_times.append(now)
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt: str | None  # None when the caller gave token ids
+    prompt_token_ids: list[int]
+    token_ids: list[int]  # generated tokens, including the stop/EOS token that ended the request
+    text: str | None  # generated text without the stop token; None without a tokenizer
+    finish_reason: str | None  # "stop" (EOS or a stop token), "length" (max_tokens), None while running
+    metrics: RequestMetrics
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
