@@ -115,20 +115,26 @@ def paged_attention_kernel(
 @triton.jit
 def merge_splits_kernel(
     out_ptr, partial_ptr, lse_ptr,  # out [T, Hq, D]; partial fp32 [S, T, Hq, D]; lse fp32 [S, T, Hq] (base 2)
-    num_rows,  # T * Hq
-    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+    num_tokens,
+    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+    BLOCK_E: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    splits = tl.arange(0, SPLITS_PAD)
-    dims = tl.arange(0, HEAD_DIM_PAD)
-    split_valid = splits < NUM_SPLITS
-    lse = tl.load(lse_ptr + splits * num_rows + row, mask=split_valid, other=float("-inf"))
-    # Every row has at least one visible key (itself), so some split has a finite lse.
-    weights = tl.exp2(lse - tl.max(lse, 0))
-    offsets = (splits.to(tl.int64) * num_rows + row)[:, None] * HEAD_DIM + dims[None, :]
-    partial = tl.load(partial_ptr + offsets, mask=split_valid[:, None] & (dims < HEAD_DIM)[None, :], other=0.0)
-    merged = tl.sum(partial * weights[:, None], 0) / tl.sum(weights, 0)
-    tl.store(out_ptr + row * HEAD_DIM + dims, merged.to(out_ptr.dtype.element_ty), mask=dims < HEAD_DIM)
+    # A token's Hq * D outputs are one flat row; a program merges BLOCK_E elements of it over the splits.
+    token = tl.program_id(0).to(tl.int64)
+    elements = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    splits = tl.arange(0, SPLITS_PAD)[:, None].to(tl.int64)
+    row_size = NUM_HEADS * HEAD_DIM
+    in_row = elements < row_size
+    mask = (splits < NUM_SPLITS) & in_row[None, :]
+    heads = elements // HEAD_DIM
+    lse = tl.load(lse_ptr + (splits * num_tokens + token) * NUM_HEADS + heads[None, :], mask=mask, other=float("-inf"))
+    # Every row sees at least one key (its own), so some split has a finite lse; only the padding
+    # elements past the row have an infinite max, and they are not stored.
+    lse_max = tl.where(in_row, tl.max(lse, 0), 0.0)
+    weights = tl.exp2(lse - lse_max[None, :])
+    partial = tl.load(partial_ptr + (splits * num_tokens + token) * row_size + elements[None, :], mask=mask, other=0.0)
+    merged = tl.sum(partial * weights, 0) / tl.where(in_row, tl.sum(weights, 0), 1.0)
+    tl.store(out_ptr + token * row_size + elements, merged.to(out_ptr.dtype.element_ty), mask=in_row)
 
 
 def _num_sms(device: torch.device) -> int:
@@ -176,9 +182,14 @@ def paged_attention_triton(
         num_warps=plan.num_warps,
     )
     if plan.num_splits > 1:
-        merge_splits_kernel[(num_tokens * num_q_heads,)](
-            out, target, lse, num_tokens * num_q_heads,
-            HEAD_DIM=head_dim, HEAD_DIM_PAD=next_power_of_two(head_dim), NUM_SPLITS=plan.num_splits,
-            SPLITS_PAD=next_power_of_two(plan.num_splits),
+        row_size = num_q_heads * head_dim
+        splits_pad = next_power_of_two(plan.num_splits)
+        # The interpreter merges a whole row per program; a GPU keeps an [S, BLOCK_E] tile of about
+        # 4096 values in registers.
+        block_e = next_power_of_two(row_size) if triton_interpreting() else max(128, 4096 // splits_pad)
+        merge_splits_kernel[(num_tokens, triton.cdiv(row_size, block_e))](
+            out, target, lse, num_tokens,
+            NUM_HEADS=num_q_heads, HEAD_DIM=head_dim, NUM_SPLITS=plan.num_splits,
+            SPLITS_PAD=splits_pad, BLOCK_E=block_e,
         )
     return out

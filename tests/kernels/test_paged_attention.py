@@ -1,0 +1,66 @@
+"""The Triton paged-attention kernel (under the interpreter on CPU) against its torch twin."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from kernel_batches import PagedBatch, paged_batches, tolerance
+
+from fastswitch.kernels import paged_attention, reference
+from fastswitch.kernels.paged_attention import paged_attention_triton
+
+
+def assert_matches_twin(batch: PagedBatch, num_splits: int | None = None) -> None:
+    got = paged_attention_triton(*batch.args(), num_splits=num_splits)
+    expected = reference.paged_attention(*batch.args())
+    assert got.dtype == batch.q.dtype and got.shape == batch.q.shape
+    torch.testing.assert_close(got.float(), expected.float(), **tolerance(batch.q.dtype))
+
+
+@given(batch=paged_batches())
+def test_mixed_batches_match_the_torch_twin(batch: PagedBatch) -> None:
+    assert_matches_twin(batch)
+
+
+@settings(max_examples=15)
+@given(batch=paged_batches(head_dims=(64, 80), max_context=300), num_splits=st.integers(2, 5))
+def test_split_kv_ranges_merge_to_the_same_result(batch: PagedBatch, num_splits: int) -> None:
+    # More splits than a short sequence has keys leaves some splits empty: the merge must ignore them.
+    assert_matches_twin(batch, num_splits)
+
+
+@pytest.mark.parametrize("head_dim", [64, 80, 96, 128, 256])
+@pytest.mark.parametrize("ratio", [1, 2, 4, 8])
+def test_every_head_dim_and_gqa_ratio_in_decode_and_prefill(head_dim: int, ratio: int) -> None:
+    generator = torch.Generator().manual_seed(head_dim * ratio)
+    num_kv_heads, block_size = 2, 16
+    cache = torch.randn(9, 2, 2, block_size, num_kv_heads, head_dim, generator=generator)
+    q = torch.randn(1 + 20, num_kv_heads * ratio, head_dim, generator=generator)
+    tables = torch.tensor([[4, 7, 1, 0], [8, 2, 5, 3]], dtype=torch.int32)
+    seq_lens = torch.tensor([50, 20], dtype=torch.int32)  # a decode step at 50, a prefill of 20
+    starts = torch.tensor([0, 1, 21], dtype=torch.int32)
+    args = (q, cache[:, 1, 0], cache[:, 1, 1], tables, seq_lens, starts)
+    torch.testing.assert_close(paged_attention_triton(*args), reference.paged_attention(*args), atol=1e-5, rtol=1e-5)
+
+
+def test_auto_backend_runs_triton_under_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    import fastswitch.kernels.paged_attention as triton_module
+
+    def recording(*args, **kwargs):
+        calls.append(args)
+        return paged_attention_triton(*args, **kwargs)
+
+    monkeypatch.setattr(triton_module, "paged_attention_triton", recording)
+    cache = torch.randn(2, 8, 1, 16)
+    one = torch.ones(1, dtype=torch.int32)
+    paged_attention(torch.randn(1, 1, 16), cache, cache, one.view(1, 1), one, torch.tensor([0, 1], dtype=torch.int32))
+    assert len(calls) == 1
+
+
+@pytest.mark.slow
+@settings(max_examples=200)
+@given(batch=paged_batches(max_seqs=8, max_context=600), num_splits=st.sampled_from((None, 2, 7)))
+def test_wide_sweep_matches_the_torch_twin(batch: PagedBatch, num_splits: int | None) -> None:
+    assert_matches_twin(batch, num_splits)

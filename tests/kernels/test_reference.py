@@ -1,0 +1,89 @@
+"""The torch twins against definitions written out here, one sequence, head and query at a time."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+from kernel_batches import PagedBatch, paged_batches, tolerance
+
+from fastswitch.kernels import reference
+
+
+def naive_paged_attention(batch: PagedBatch) -> torch.Tensor:
+    """softmax(q K^T * scale) V per query over the keys at positions <= its own, in float64."""
+    q, k_cache, v_cache = batch.q.double(), batch.k_cache.double(), batch.v_cache.double()
+    num_q_heads, head_dim = q.shape[1], q.shape[2]
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    group = num_q_heads // num_kv_heads
+    scale = batch.scale if batch.scale is not None else 1.0 / math.sqrt(head_dim)
+    out = torch.zeros_like(q)
+    starts = batch.query_start_loc.tolist()
+    for b, seq_len in enumerate(batch.seq_lens.tolist()):
+        table = batch.block_tables[b].tolist()
+        keys = torch.stack([k_cache[table[pos // block_size], pos % block_size] for pos in range(seq_len)])
+        values = torch.stack([v_cache[table[pos // block_size], pos % block_size] for pos in range(seq_len)])
+        query_len = starts[b + 1] - starts[b]
+        for i in range(query_len):
+            position = seq_len - query_len + i
+            for head in range(num_q_heads):
+                kv_head = head // group
+                scores = keys[: position + 1, kv_head] @ q[starts[b] + i, head] * scale
+                out[starts[b] + i, head] = torch.softmax(scores, 0) @ values[: position + 1, kv_head]
+    return out
+
+
+@given(batch=paged_batches())
+def test_paged_attention_matches_the_definition(batch: PagedBatch) -> None:
+    got = reference.paged_attention(*batch.args())
+    expected = naive_paged_attention(batch).to(batch.q.dtype)
+    assert got.dtype == batch.q.dtype and got.shape == batch.q.shape
+    torch.testing.assert_close(got.float(), expected.float(), **tolerance(batch.q.dtype))
+
+
+def test_a_sequence_with_no_new_tokens_leaves_its_neighbours_unchanged() -> None:
+    cache = torch.randn(4, 8, 1, 16)
+    q = torch.randn(3, 2, 16)
+    tables = torch.tensor([[0, 1], [2, 0], [3, 0]], dtype=torch.int32)
+    seq_lens = torch.tensor([12, 5, 3], dtype=torch.int32)
+    starts = torch.tensor([0, 2, 2, 3], dtype=torch.int32)  # the middle sequence has no new tokens
+    out = reference.paged_attention(q, cache, cache, tables, seq_lens, starts)
+    one = torch.tensor([0, 1], dtype=torch.int32)
+    first = reference.paged_attention(q[:2], cache, cache, tables[:1], seq_lens[:1], one * 2)
+    last = reference.paged_attention(q[2:], cache, cache, tables[2:], seq_lens[2:], one)
+    torch.testing.assert_close(out, torch.cat([first, last]))
+
+
+@given(
+    dtype=st.sampled_from((torch.float32, torch.float16, torch.bfloat16)),
+    slots=st.lists(st.integers(0, 6 * 8 - 1), min_size=1, max_size=12, unique=True),
+)
+def test_store_kv_writes_exactly_the_given_slots(dtype: torch.dtype, slots: list[int]) -> None:
+    cache = torch.randn(6, 3, 2, 8, 2, 16).to(dtype)  # [blocks, layers, K/V, block_size, Hkv, D]
+    before = cache.clone()
+    key = torch.randn(len(slots), 2, 16).to(dtype)
+    value = torch.randn(len(slots), 2, 16).to(dtype)
+    reference.store_kv(key, value, cache[:, 1, 0], cache[:, 1, 1], torch.tensor(slots))
+    expected = before.clone()
+    for i, slot in enumerate(slots):
+        expected[slot // 8, 1, 0, slot % 8] = key[i]
+        expected[slot // 8, 1, 1, slot % 8] = value[i]
+    assert torch.equal(cache, expected)
+
+
+def test_pack_concatenates_runs_in_order_and_unpack_inverts_it() -> None:
+    cache = torch.arange(8 * 2 * 2 * 8 * 1 * 4, dtype=torch.float32).reshape(8, 2, 2, 8, 1, 4)
+    staging = reference.pack_blocks(cache, [(5, 2), (0, 1), (2, 2)])
+    assert torch.equal(staging, cache[[5, 6, 0, 2, 3]])
+    target = torch.zeros_like(cache)
+    reference.unpack_blocks(staging, target, [(1, 4), (7, 1)])
+    assert torch.equal(target[[1, 2, 3, 4, 7]], staging)
+    assert not target[[0, 5, 6]].any()
+
+
+@pytest.mark.parametrize("runs", [[(0, 0)], [(6, 3)], [(-1, 2)], [(0, 3), (2, 2)]])
+def test_pack_rejects_runs_that_are_empty_outside_or_overlapping(runs: list[tuple[int, int]]) -> None:
+    with pytest.raises(ValueError, match="run"):
+        reference.pack_blocks(torch.zeros(8, 1, 2, 8, 1, 4), runs)
