@@ -1,14 +1,20 @@
 """The block-group KV cache: allocators, block tables, device/host KV tensors, host-copy reuse."""
 
-from fastswitch.cache.allocator import BlockAllocator, BlockGroupAllocator, KVBlockAllocator, Run
-from fastswitch.cache.block_manager import BlockManager
+from fastswitch.cache.allocator import PLACEMENTS, BlockAllocator, BlockGroupAllocator, KVBlockAllocator, Run
+from fastswitch.cache.block_manager import BlockManager, copy_runs
 from fastswitch.cache.kv_cache import KVCache
+from fastswitch.cache.reuse import HostCopy, HostReuseTracker, SwapOutPlan
 
 __all__ = [
+    "PLACEMENTS",
     "BlockAllocator",
     "BlockGroupAllocator",
     "BlockManager",
+    "HostCopy",
+    "HostReuseTracker",
     "KVBlockAllocator",
     "KVCache",
     "Run",
+    "SwapOutPlan",
+    "copy_runs",
 ]

@@ -12,7 +12,7 @@ hashable id the caller uses (sequence ids on the device, conversation ids on the
 
 from __future__ import annotations
 
-from typing import Hashable
+from typing import Hashable, Sequence
 
 from fastswitch.cache.allocator import BlockAllocator, BlockGroupAllocator, KVBlockAllocator, Run
 
@@ -139,3 +139,19 @@ class BlockManager:
         if seq_id not in self._groups:
             raise ValueError(f"unknown sequence {seq_id!r}: it holds no blocks in this pool")
         return self._groups[seq_id]
+
+
+def copy_runs(src_blocks: Sequence[int], dst_blocks: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Splits a copy of src_blocks[i] -> dst_blocks[i] into the fewest (src_start, dst_start, length)
+    pieces that are contiguous on both sides: in the block-major layout, one copy call each."""
+    if len(src_blocks) != len(dst_blocks):
+        raise ValueError(f"cannot pair {len(src_blocks)} source blocks with {len(dst_blocks)} destination blocks")
+    pieces: list[tuple[int, int, int]] = []
+    for src, dst in zip(src_blocks, dst_blocks):
+        if pieces:
+            s, d, n = pieces[-1]
+            if s + n == src and d + n == dst:
+                pieces[-1] = (s, d, n + 1)
+                continue
+        pieces.append((src, dst, 1))
+    return pieces
