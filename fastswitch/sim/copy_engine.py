@@ -5,9 +5,14 @@ it would hand it to `TorchCopyEngine`; the job's copy calls and bytes (one call 
 one per block per layer per K/V for the vLLM preset) go into the host-link queue of their direction.
 No bytes move: a handle is done once the virtual clock has passed the job's finish time.
 
-Synchronous mode stands for the GPU waiting on the copy: `submit` moves the clock to the job's end,
-as the real synchronous engine returns only once its copies are done. Asynchronous mode returns at
-once, and the copy overlaps whatever the executor runs next on the clock.
+`submit` always returns at once: the copy then overlaps whatever the executor runs next on the
+clock. A synchronous swap is the swap manager waiting on the handle (it does so for every swap when
+`async_swap` is off, and for small ones by the paper's adaptive rule); `wait` moves the clock to the
+copy's end, which the swap manager books as executor idle time.
+
+With a backing engine (the real `TorchCopyEngine`) the bytes do move, at once, while completion is
+still reported on the virtual clock: a real run on virtual time. Moving them early is safe because
+the swap manager touches neither end of a copy before its handle says done.
 """
 
 from __future__ import annotations
@@ -34,19 +39,19 @@ class VirtualCopyHandle:
 
 
 class VirtualCopyEngine:
-    def __init__(self, queues: CopyQueues, clock: VirtualClock, asynchronous: bool = True) -> None:
+    def __init__(self, queues: CopyQueues, clock: VirtualClock, backing=None) -> None:
         self.queues = queues
         self.clock = clock
-        self.asynchronous = asynchronous
+        self.backing = backing
 
     def submit(self, job: CopyJob) -> VirtualCopyHandle:
         if job.direction not in _DIRECTION:
             raise ValueError(f"job direction={job.direction!r} is not one of {tuple(_DIRECTION)}")
+        if self.backing is not None:
+            self.backing.submit(job).wait()
         record = self.queues.submit(_DIRECTION[job.direction], job.num_bytes, job.num_calls, self.clock.now)
-        handle = VirtualCopyHandle(record, self.clock)
-        if not self.asynchronous:
-            handle.wait()
-        return handle
+        return VirtualCopyHandle(record, self.clock)
 
     def close(self) -> None:
-        """Nothing runs in the background, so there is nothing to join."""
+        if self.backing is not None:
+            self.backing.close()

@@ -12,9 +12,9 @@ LINK = HardwareProfile("link", peak_tflops=1.0, memory_bandwidth_gbs=1.0, memory
                        d2h_gbs=1e-6, copy_call_latency_us=1e4)  # fmt: skip
 
 
-def engine(asynchronous: bool) -> VirtualCopyEngine:
+def engine() -> VirtualCopyEngine:
     queues = CopyQueues(CostModel(get_model_shape("smollm2-135m"), LINK))
-    return VirtualCopyEngine(queues, VirtualClock(), asynchronous)
+    return VirtualCopyEngine(queues, VirtualClock())
 
 
 def job(direction: str, lengths: list[int], per_layer: bool = False) -> CopyJob:
@@ -22,8 +22,8 @@ def job(direction: str, lengths: list[int], per_layer: bool = False) -> CopyJob:
     return CopyJob(direction, pairs, per_layer=per_layer, num_layers=2, block_bytes=100)
 
 
-def test_async_copy_overlaps_and_completes_when_the_clock_passes_it():
-    e = engine(asynchronous=True)
+def test_copy_overlaps_and_completes_when_the_clock_passes_it():
+    e = engine()
     handle = e.submit(job("out", [3, 2]))  # 2 calls (0.02 s) + 500 B (0.5 s)
     assert e.clock.now == 0.0 and not handle.done()
     e.clock.advance(0.5)
@@ -34,17 +34,42 @@ def test_async_copy_overlaps_and_completes_when_the_clock_passes_it():
 
 
 def test_waiting_on_a_copy_moves_the_clock_to_its_end():
-    e = engine(asynchronous=True)
+    e = engine()
     e.clock.advance(1.0)
     handle = e.submit(job("in", [1]))
     handle.wait()
     assert e.clock.now == pytest.approx(1.0 + 0.01 + 0.1) and handle.done()
 
 
-def test_sync_copy_returns_when_done_and_per_layer_jobs_pay_per_call():
-    e = engine(asynchronous=False)
+def test_per_layer_jobs_pay_per_call_and_queue_behind_earlier_copies():
+    e = engine()
     grouped = e.submit(job("out", [4]))  # 1 call + 400 B: 0.41 s
-    assert grouped.done() and e.clock.now == pytest.approx(0.41)
     per_layer = e.submit(job("out", [4], per_layer=True))  # 4 blocks * 2 layers * K/V = 16 calls
-    assert per_layer.done() and e.clock.now == pytest.approx(0.41 + 0.16 + 0.4)
+    assert e.clock.now == 0.0
+    per_layer.wait()
+    assert grouped.done() and e.clock.now == pytest.approx(0.41 + 0.16 + 0.4)
     assert e.queues.stats["d2h"].calls == 17
+
+
+class _RecordingEngine:
+    def __init__(self):
+        self.jobs, self.closed = [], False
+
+    def submit(self, job):
+        self.jobs.append(job)
+        return self
+
+    def wait(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_backing_engine_moves_the_bytes_at_submit_while_time_stays_virtual():
+    backing = _RecordingEngine()
+    e = VirtualCopyEngine(CopyQueues(CostModel(get_model_shape("smollm2-135m"), LINK)), VirtualClock(), backing)
+    handle = e.submit(job("in", [2]))
+    assert len(backing.jobs) == 1 and not handle.done()
+    e.close()
+    assert backing.closed
