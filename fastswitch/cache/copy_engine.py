@@ -1,0 +1,189 @@
+"""Copy engines: who moves KV blocks between the device pool and the host pool, and when.
+
+This is the second seam of the engine (the executor is the first). The swap manager decides which
+blocks move where and hands a `CopyJob` to a `CopyEngine`, which returns a `CopyHandle` to poll or
+wait on. Implementations:
+
+- `TorchCopyEngine` (here): real copies between two `KVCache` tensors. Synchronous; or on a worker
+  thread (CPU); or on a dedicated CUDA stream with an event per job (GPU), so that copies overlap
+  the forward pass on the default stream.
+- the simulator's virtual-clock engine (fastswitch/sim), which prices a job from its calls and bytes.
+
+A job's granularity follows the config: `per_layer=False` moves each (source run, destination run)
+pair in one call (block groups, block-major layout); `per_layer=True` issues one call per block per
+layer per K/V, as vLLM 0.3.3 does. `CopyJob.num_calls` counts calls either way.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+
+from fastswitch.cache.kv_cache import KVCache
+
+Run = tuple[int, int]  # (start block, number of blocks)
+
+
+@dataclass(frozen=True)
+class CopyPair:
+    src: int  # first source block
+    dst: int  # first destination block
+    length: int  # blocks; both ranges are contiguous
+
+
+@dataclass(frozen=True)
+class CopyJob:
+    direction: Literal["out", "in"]  # out: device -> host (swap-out); in: host -> device
+    pairs: tuple[CopyPair, ...]
+    per_layer: bool
+    num_layers: int
+    block_bytes: int  # one block, all layers, K and V
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(p.length for p in self.pairs)
+
+    @property
+    def num_bytes(self) -> int:
+        return self.num_blocks * self.block_bytes
+
+    @property
+    def num_calls(self) -> int:
+        return self.num_blocks * self.num_layers * 2 if self.per_layer else len(self.pairs)
+
+
+class CopyHandle(Protocol):
+    def done(self) -> bool:
+        """True once the copy has completed (never blocks)."""
+
+    def wait(self) -> None:
+        """Blocks until the copy has completed; re-raises a failure of the copy."""
+
+
+class CopyEngine(Protocol):
+    def submit(self, job: CopyJob) -> CopyHandle: ...
+
+    def close(self) -> None: ...
+
+
+def pair_runs(src_runs: list[Run], dst_runs: list[Run]) -> list[CopyPair]:
+    """Pairs two run lists of equal total length into copies contiguous on both sides.
+
+    A pair ends wherever a source run or a destination run ends, so each pair is one contiguous
+    range at both ends (one copy call).
+    """
+    total_src = sum(n for _, n in src_runs)
+    total_dst = sum(n for _, n in dst_runs)
+    if total_src != total_dst:
+        raise ValueError(f"source runs hold {total_src} blocks but destination runs hold {total_dst}")
+    pairs: list[CopyPair] = []
+    i = j = 0
+    src_off = dst_off = 0
+    while i < len(src_runs) and j < len(dst_runs):
+        (s_start, s_len), (d_start, d_len) = src_runs[i], dst_runs[j]
+        length = min(s_len - src_off, d_len - dst_off)
+        if length > 0:
+            pairs.append(CopyPair(s_start + src_off, d_start + dst_off, length))
+        src_off += length
+        dst_off += length
+        if src_off == s_len:
+            i, src_off = i + 1, 0
+        if dst_off == d_len:
+            j, dst_off = j + 1, 0
+    return pairs
+
+
+def slice_runs(runs: list[Run], first: int, stop: int) -> list[Run]:
+    """Blocks first..stop-1 of the concatenation of runs, as runs."""
+    out: list[Run] = []
+    offset = 0
+    for start, length in runs:
+        lo, hi = max(first, offset), min(stop, offset + length)
+        if lo < hi:
+            out.append((start + lo - offset, hi - lo))
+        offset += length
+    return out
+
+
+class _DoneHandle:
+    def done(self) -> bool:
+        return True
+
+    def wait(self) -> None:
+        pass
+
+
+class _FutureHandle:
+    def __init__(self, future: Future) -> None:
+        self.future = future
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def wait(self) -> None:
+        self.future.result()
+
+
+class _EventHandle:
+    def __init__(self, event: "torch.cuda.Event") -> None:
+        self.event = event
+
+    def done(self) -> bool:
+        return self.event.query()
+
+    def wait(self) -> None:
+        self.event.synchronize()
+
+
+class TorchCopyEngine:
+    """Copies between a device KVCache and a host KVCache of the same block shape."""
+
+    def __init__(self, device_cache: KVCache, host_cache: KVCache, asynchronous: bool = False) -> None:
+        if device_cache.data.shape[1:] != host_cache.data.shape[1:] or device_cache.dtype != host_cache.dtype:
+            raise ValueError(
+                f"device and host pools differ in block shape or dtype: {tuple(device_cache.data.shape[1:])} "
+                f"{device_cache.dtype} vs {tuple(host_cache.data.shape[1:])} {host_cache.dtype}"
+            )
+        self.device_cache = device_cache
+        self.host_cache = host_cache
+        self.asynchronous = asynchronous
+        on_cuda = device_cache.data.is_cuda
+        self._stream = torch.cuda.Stream(device_cache.device) if asynchronous and on_cuda else None
+        # One worker keeps jobs in submission order, as one CUDA stream would.
+        self._worker = ThreadPoolExecutor(1, "fastswitch-swap") if asynchronous and not on_cuda else None
+
+    def submit(self, job: CopyJob) -> CopyHandle:
+        if self._stream is not None:
+            # The side stream must see every KV write the forward has queued so far.
+            self._stream.wait_stream(torch.cuda.current_stream(self.device_cache.device))
+            with torch.cuda.stream(self._stream):
+                self._run(job, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(self._stream)
+            return _EventHandle(event)
+        if self._worker is not None:
+            return _FutureHandle(self._worker.submit(self._run, job, False))
+        self._run(job, non_blocking=False)
+        return _DoneHandle()
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+        if self._stream is not None:
+            self._stream.synchronize()
+
+    def _run(self, job: CopyJob, non_blocking: bool) -> None:
+        src, dst = (self.device_cache.data, self.host_cache.data)
+        if job.direction == "in":
+            src, dst = dst, src
+        for pair in job.pairs:
+            if not job.per_layer:
+                dst[pair.dst : pair.dst + pair.length].copy_(src[pair.src : pair.src + pair.length], non_blocking=non_blocking)
+                continue
+            for b in range(pair.length):
+                for layer in range(job.num_layers):
+                    for kv in (0, 1):
+                        dst[pair.dst + b, layer, kv].copy_(src[pair.src + b, layer, kv], non_blocking=non_blocking)

@@ -1,0 +1,263 @@
+"""The serving loop. One `step()`: schedule -> issue swaps -> run the model -> sample -> update -> record.
+
+Two seams make the engine reusable by the simulator (fastswitch/sim), which keeps the scheduler,
+allocators, swap manager and reuse bookkeeping and replaces only these:
+
+- `Executor`: runs a batch of `ScheduledChunk`s and returns one sampled token per chunk (None for
+  a prefill piece that does not reach the end of its sequence), and owns the clock (`now()`) that
+  every time in the metrics comes from. `ModelExecutor` wraps ModelRunner + Sampler on the wall
+  clock; the simulator's executor advances a virtual clock by a cost model instead.
+- `CopyEngine` (fastswitch/cache/copy_engine.py): performs the swap manager's block copies.
+
+The engine is thread-safe for one stepping thread plus any number of threads that add or abort
+requests (a server's handlers): every public method holds one lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Callable, Hashable, Protocol
+
+import torch
+
+from fastswitch.cache.block_manager import BlockManager
+from fastswitch.cache.copy_engine import CopyEngine, TorchCopyEngine
+from fastswitch.cache.kv_cache import KVCache
+from fastswitch.cache.swap_manager import SwapManager
+from fastswitch.config import EngineConfig
+from fastswitch.models.runner import ForwardChunk, ModelRunner
+from fastswitch.models.sampling import Sampler, SamplingParams
+from fastswitch.outputs import RequestOutput
+from fastswitch.sched.metrics import RunMetrics
+from fastswitch.sched.request import Request, ScheduledChunk
+from fastswitch.sched.scheduler import Scheduler
+
+HOST_BLOCKS_PER_DEVICE_BLOCK = 4  # EngineConfig: num_cpu_blocks=None gives the host 4x the device pool
+
+
+class Executor(Protocol):
+    def execute(self, chunks: list[ScheduledChunk]) -> list[int | None]:
+        """Runs one batch; returns the sampled next token of every chunk with `sample` set, else None."""
+
+    def now(self) -> float:
+        """The clock of the run (seconds)."""
+
+    def release(self, request_id: str) -> None:
+        """Forgets per-request state (sampling generators) of a finished request."""
+
+
+class ModelExecutor:
+    """The real executor: ModelRunner forward over the paged cache, then Sampler, on the wall clock."""
+
+    def __init__(self, runner: ModelRunner, sampler: Sampler, seed: int = 0) -> None:
+        self.runner = runner
+        self.sampler = sampler
+        self._default_generator = torch.Generator().manual_seed(seed)  # requests without their own seed
+        self._generators: dict[str, torch.Generator] = {}
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def execute(self, chunks: list[ScheduledChunk]) -> list[int | None]:
+        logits = self.runner.forward([ForwardChunk(c.token_ids, c.num_cached, c.block_table) for c in chunks])
+        rows = [i for i, c in enumerate(chunks) if c.sample]
+        sampled: list[int | None] = [None] * len(chunks)
+        if rows:
+            requests = [chunks[i].request for i in rows]
+            tokens = self.sampler.sample(
+                logits[rows], [r.params for r in requests], [self._generator(r) for r in requests]
+            )
+            for row, token in zip(rows, tokens):
+                sampled[row] = token
+        return sampled
+
+    def release(self, request_id: str) -> None:
+        self._generators.pop(request_id, None)
+
+    def _generator(self, request: Request) -> torch.Generator:
+        if request.params.seed is None:
+            return self._default_generator
+        if request.request_id not in self._generators:
+            self._generators[request.request_id] = torch.Generator().manual_seed(request.params.seed)
+        return self._generators[request.request_id]
+
+
+class Engine:
+    def __init__(
+        self,
+        config: EngineConfig,
+        executor: Executor,
+        copy_engine: CopyEngine,
+        *,
+        num_gpu_blocks: int,
+        num_cpu_blocks: int,
+        num_layers: int,
+        block_bytes: int,
+        max_model_len: int,
+        eos_token_ids: list[int] | tuple[int, ...] = (),
+        vocab_size: int | None = None,
+        detokenize: Callable[[list[int]], str] | None = None,
+    ) -> None:
+        self.config = config
+        self.executor = executor
+        self.eos_token_ids = tuple(eos_token_ids)
+        self.vocab_size = vocab_size
+        self.detokenize = detokenize
+        device = BlockManager(num_gpu_blocks, config.block_size, config.block_groups)
+        host = BlockManager(num_cpu_blocks, config.block_size, config.block_groups)
+        self.swap_manager = SwapManager(
+            device, host, copy_engine, num_layers, block_bytes,
+            asynchronous=config.async_swap, kv_reuse=config.kv_reuse, clock=executor.now,
+        )
+        self.scheduler = Scheduler(config, self.swap_manager, max_model_len)
+        self.run_metrics = RunMetrics()
+        self.num_steps = 0
+        self.num_batched_tokens = 0
+        self._outputs: dict[str, RequestOutput] = {}
+        self._ids = itertools.count()
+        self._lock = threading.RLock()
+
+    @classmethod
+    def for_model(cls, model, config: EngineConfig, max_model_len: int, num_gpu_blocks: int, **kwargs) -> "Engine":
+        """The real engine over a LlamaForServing: device and host KV pools, runner, sampler, copies."""
+        device_cache = KVCache(
+            num_gpu_blocks, model.num_layers, config.block_size, model.num_kv_heads, model.head_dim,
+            model.dtype, model.device,
+        )
+        num_cpu_blocks = config.num_cpu_blocks or HOST_BLOCKS_PER_DEVICE_BLOCK * num_gpu_blocks
+        host_cache = KVCache.host_pool_for(device_cache, num_cpu_blocks)
+        runner = ModelRunner(model, device_cache, backend=config.attention_backend)
+        executor = ModelExecutor(runner, Sampler(), config.seed)
+        copies = TorchCopyEngine(device_cache, host_cache, asynchronous=config.async_swap)
+        engine = cls(
+            config, executor, copies, num_gpu_blocks=num_gpu_blocks, num_cpu_blocks=num_cpu_blocks,
+            num_layers=model.num_layers, block_bytes=device_cache.block_bytes, max_model_len=max_model_len,
+            vocab_size=model.vocab_size, **kwargs,
+        )
+        engine.device_cache, engine.host_cache = device_cache, host_cache
+        return engine
+
+    # ---- requests -------------------------------------------------------------------------------
+
+    def add_request(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams | None = None,
+        *,
+        request_id: str | None = None,
+        priority: int = 0,
+        client_id: Hashable = "default",
+        prompt: str | None = None,
+        seq_id: Hashable = None,
+        keep_kv: bool = False,
+    ) -> RequestOutput:
+        """Queues a request; returns its RequestOutput, which fills in as the engine steps.
+
+        seq_id/keep_kv are for conversations: a turn with the seq_id of an earlier turn that kept its
+        KV appends to that context instead of computing it again.
+        """
+        params = SamplingParams() if params is None else params
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params={params!r} is not a SamplingParams")
+        if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
+            raise ValueError(f"priority={priority!r} must be an integer >= 0")
+        token_ids = list(prompt_token_ids)
+        if self.vocab_size is not None:
+            bad = [t for t in token_ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab_size]
+            if bad:
+                raise ValueError(f"prompt token ids {bad[:5]} lie outside the vocabulary 0..{self.vocab_size - 1}")
+            params.check_vocab(self.vocab_size)
+        with self._lock:
+            request_id = str(next(self._ids)) if request_id is None else str(request_id)
+            request = Request(
+                request_id, token_ids, params, self.executor.now(), seq_id=seq_id, priority=priority,
+                client_id=client_id, eos_token_ids=self.eos_token_ids, prompt=prompt, keep_kv=keep_kv,
+            )
+            self.scheduler.add_request(request)
+            output = RequestOutput(
+                request_id, prompt, token_ids, request.output_token_ids, None, None, request.metrics
+            )
+            self._outputs[request_id] = output
+            return output
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stops a request (a client went away) and frees its KV blocks; None if it is not live."""
+        with self._lock:
+            request = self.scheduler.abort(str(request_id), self.executor.now())
+            if request is None:
+                return None
+            return self._retire(request)
+
+    def release_context(self, seq_id: Hashable) -> None:
+        """Frees the KV a conversation kept between turns."""
+        with self._lock:
+            self.scheduler.release_context(seq_id)
+
+    def has_unfinished(self) -> bool:
+        with self._lock:
+            return self.scheduler.has_unfinished
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """One iteration; returns the outputs of the requests that got a token (or finished) in it."""
+        with self._lock:
+            out = self.scheduler.schedule(self.executor.now())
+            swaps_done_at = self.executor.now()
+            if out.is_empty:
+                if self.swap_manager.num_in_flight:
+                    self.swap_manager.wait_any()  # nothing can run until a copy lands
+                elif self.scheduler.has_unfinished:
+                    raise RuntimeError(
+                        f"scheduler made no progress: {len(self.scheduler.requests)} live requests, "
+                        f"{self.swap_manager.num_free_device_blocks} free device blocks"
+                    )
+                return []
+            sampled = self.executor.execute(out.chunks)
+            finished = self.scheduler.update(out, sampled, self.executor.now(), swaps_done_at)
+            self.num_steps += 1
+            self.num_batched_tokens += out.num_batched_tokens
+            advanced = [self._outputs[c.request.request_id] for c in out.chunks if c.sample]
+            for request in finished:
+                self._retire(request)
+            return advanced
+
+    def run_until_done(self) -> None:
+        while self.has_unfinished():
+            self.step()
+
+    def stats(self) -> dict:
+        with self._lock:
+            swap = self.swap_manager.stats
+            return {
+                **vars(swap),
+                "executor_idle_on_swaps": swap.swap_wait_time,
+                "num_steps": self.num_steps,
+                "num_batched_tokens": self.num_batched_tokens,
+                "num_gpu_blocks": self.swap_manager.num_device_blocks,
+                "num_free_gpu_blocks": self.swap_manager.num_free_device_blocks,
+                "num_cpu_blocks": self.swap_manager.host.num_blocks,
+                "num_free_cpu_blocks": self.swap_manager.host.num_free,
+                "num_priority_updates": self.scheduler.priority_updater.num_updates,
+                **self.run_metrics.summary(),
+            }
+
+    def close(self) -> None:
+        """Waits for copies in flight and stops the copy worker."""
+        with self._lock:
+            self.swap_manager.close()
+
+    def _retire(self, request: Request) -> RequestOutput:
+        output = self._outputs.pop(request.request_id)
+        output.finish_reason = request.finish_reason
+        if self.detokenize is not None:
+            kept = request.output_token_ids
+            if request.finish_reason == "stop" and kept:
+                kept = kept[:-1]  # the stop token is not part of the text
+            output.text = self.detokenize(kept)
+        if request.finish_reason != "abort":
+            self.run_metrics.add(request.metrics, len(request.output_token_ids))
+        self.executor.release(request.request_id)
+        return output

@@ -1,0 +1,79 @@
+"""Run-level latency metrics: tail TTFT and TBT percentiles and throughput over finished requests.
+
+Per-request records are `fastswitch.outputs.RequestMetrics` (TTFT, every token time, TBTs,
+preemptions, swap stall time); this module aggregates them the way the paper reports them
+(P50/P95/P99/P99.9 TTFT and TBT, throughput in generated tokens per second of the run).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from fastswitch.outputs import RequestMetrics
+
+PERCENTILES = (50.0, 95.0, 99.0, 99.9)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default); NaN for no values."""
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"percentile q={q!r} must lie in [0, 100]")
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def _label(q: float) -> str:
+    return f"p{q:g}".replace(".", "")  # 99.9 -> p999
+
+
+@dataclass
+class RunMetrics:
+    """Accumulates finished requests' metrics; `summary` gives the run's table row."""
+
+    ttfts: list[float] = field(default_factory=list)
+    tbts: list[float] = field(default_factory=list)
+    num_requests: int = 0
+    num_generated_tokens: int = 0
+    num_preemptions: int = 0
+    swap_stall_time: float = 0.0
+    first_arrival: float | None = None
+    last_finish: float | None = None
+
+    def add(self, metrics: RequestMetrics, num_output_tokens: int) -> None:
+        self.num_requests += 1
+        self.num_generated_tokens += num_output_tokens
+        self.num_preemptions += metrics.num_preemptions
+        self.swap_stall_time += metrics.swap_stall_time
+        if metrics.ttft is not None:
+            self.ttfts.append(metrics.ttft)
+        self.tbts.extend(metrics.tbts)
+        if self.first_arrival is None or metrics.arrival_time < self.first_arrival:
+            self.first_arrival = metrics.arrival_time
+        if metrics.finish_time is not None and (self.last_finish is None or metrics.finish_time > self.last_finish):
+            self.last_finish = metrics.finish_time
+
+    @property
+    def duration(self) -> float:
+        if self.first_arrival is None or self.last_finish is None:
+            return 0.0
+        return self.last_finish - self.first_arrival
+
+    def summary(self) -> dict[str, float]:
+        out: dict[str, float] = {
+            "num_finished_requests": self.num_requests,
+            "num_generated_tokens": self.num_generated_tokens,
+            "num_preemptions": self.num_preemptions,
+            "request_swap_stall_time": self.swap_stall_time,
+            "duration": self.duration,
+            "throughput_tokens_per_s": self.num_generated_tokens / self.duration if self.duration > 0 else 0.0,
+        }
+        for q in PERCENTILES:
+            out[f"ttft_{_label(q)}"] = percentile(self.ttfts, q)
+            out[f"tbt_{_label(q)}"] = percentile(self.tbts, q)
+        return out

@@ -1,0 +1,277 @@
+"""Iteration-level scheduling with preemption: which sequences run this step, and what moves.
+
+Every step walks the live requests in policy order (see policies.py) and builds a batch under a
+token budget (`max_num_batched_tokens`, prompts are prefilled in chunks so a long prompt does not
+stall running decodes) and a sequence cap (`max_num_seqs`). A request that lacks device blocks takes
+them, in this order, from idle conversation contexts (KV kept between turns) and from the resident
+requests ranked lowest after it: by swapping their KV to the host (`preemption_mode="swap"`, when the
+host has room) or by dropping it to recompute later. Swapped requests come back by swap-in.
+
+With asynchronous swapping a swap-out frees its device blocks only when its copy completes and a
+swapped-in request runs only once its copy has landed. The adaptive rule of the paper: a swap of at
+most `adaptive_sync_blocks` blocks is waited for in the same step when the batch would otherwise
+shrink (the request it makes room for, or the request it brings back, would sit the step out).
+Otherwise a request that will get its blocks from copies already in flight waits for them rather
+than evicting more.
+
+The output is data (SchedulerOutput); `update` feeds the sampled tokens back.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable
+
+from fastswitch.sched.kv_space import KVSpace
+from fastswitch.sched.policies import make_policy
+from fastswitch.sched.priority_patterns import PriorityUpdater
+from fastswitch.sched.request import Request, RequestStatus, ScheduledChunk, SchedulerOutput
+
+
+class Scheduler:
+    def __init__(self, config, kv: KVSpace, max_seq_len: int, adaptive_sync_blocks: int = 4) -> None:
+        self.config = config
+        self.kv = kv
+        self.max_seq_len = min(max_seq_len, kv.num_device_blocks * kv.block_size)
+        self.adaptive_sync_blocks = adaptive_sync_blocks
+        self.policy = make_policy(config.policy, config.vtc_input_weight, config.vtc_output_weight)
+        self.priority_updater = PriorityUpdater(
+            config.priority_pattern, config.priority_update_freq, config.num_priority_levels, config.seed
+        )
+        self.requests: dict[str, Request] = {}  # live requests by id, in arrival order
+        self.by_seq: dict[Hashable, Request] = {}
+        self.idle_contexts: dict[Hashable, int] = {}  # conversation KV between turns -> cached tokens, LRU order
+        self.last_batch_size = 0
+        self.num_steps = 0
+
+    # ---- arrivals and departures -------------------------------------------------------------
+
+    def add_request(self, request: Request) -> None:
+        if not request.prompt_token_ids:
+            raise ValueError(f"request {request.request_id!r} has an empty prompt: at least 1 token is needed")
+        if request.num_prompt_tokens > self.max_seq_len:
+            raise ValueError(
+                f"request {request.request_id!r}: prompt of {request.num_prompt_tokens} tokens exceeds "
+                f"max_seq_len={self.max_seq_len} (the smaller of max_model_len and the device KV cache)"
+            )
+        if request.request_id in self.requests:
+            raise ValueError(f"request_id={request.request_id!r} is already live")
+        if request.seq_id in self.by_seq:
+            raise ValueError(f"sequence {request.seq_id!r} already has a live request: wait for it to finish")
+        cached = self.idle_contexts.pop(request.seq_id, 0)
+        location = self.kv.location(request.seq_id)
+        if location == "none":
+            cached = 0
+        # At least one token must run through the model to give the logits of the next one.
+        request.num_computed_tokens = min(cached, request.num_prompt_tokens - 1)
+        request.status = {
+            "none": RequestStatus.WAITING,
+            "device": RequestStatus.RUNNING,
+            "host": RequestStatus.SWAPPED,
+        }[location]
+        self.policy.on_arrival(request, self.requests.values())
+        self.requests[request.request_id] = request
+        self.by_seq[request.seq_id] = request
+
+    def abort(self, request_id: str, now: float) -> Request | None:
+        """Stops a live request and frees its KV; returns it, or None when it is not live."""
+        request = self.requests.get(request_id)
+        if request is None:
+            return None
+        self._finish(request, "abort", now, keep_kv=False)
+        return request
+
+    def release_context(self, seq_id: Hashable) -> None:
+        """Forgets an idle conversation context (its KV everywhere)."""
+        if seq_id in self.by_seq:
+            raise ValueError(f"sequence {seq_id!r} still has a live request; abort it first")
+        self.idle_contexts.pop(seq_id, None)
+        if self.kv.location(seq_id) != "none":
+            self.kv.drop(seq_id)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    # ---- one step ----------------------------------------------------------------------------
+
+    def schedule(self, now: float) -> SchedulerOutput:
+        out = SchedulerOutput()
+        for seq_id in self.kv.poll():
+            request = self.by_seq.get(seq_id)
+            if request is not None and request.swap_in_issued_at is not None:
+                request.metrics.swap_stall_time += now - request.swap_in_issued_at
+                request.swap_in_issued_at = None
+        self.priority_updater.maybe_update(self.requests.values())
+        order = sorted(self.requests.values(), key=self.policy.key)
+        budget = self.config.max_num_batched_tokens
+        blocked = False  # a higher-ranked request is waiting for memory: admit nothing that needs more
+        for index, request in enumerate(order):
+            if len(out.chunks) >= self.config.max_num_seqs or budget == 0:
+                break
+            seq_id = request.seq_id
+            location = self.kv.location(seq_id)
+            if location != "none" and not self.kv.is_ready(seq_id):
+                continue  # a copy of its KV is in flight (swap-in landing, or swap-out not yet whole)
+            num_new = min(request.num_uncomputed_tokens, budget)
+            need = self.kv.device_blocks_needed(seq_id, request.num_computed_tokens + num_new)
+            if need and blocked:
+                continue
+            if need and not self._make_room(need, order, index, out, now):
+                num_new = self._tokens_that_fit(request, location, num_new)
+                if num_new == 0:
+                    blocked = True
+                    continue
+            if location == "host":
+                small = self.kv.num_blocks_of(seq_id) <= self.adaptive_sync_blocks
+                blocking = not self.kv.asynchronous or (small and len(out.chunks) < self.last_batch_size)
+                self.kv.swap_in(seq_id, blocking)
+                request.status = RequestStatus.RUNNING
+                request.swap_in_issued_at = now
+                out.swapped_in.append(request.request_id)
+                if not blocking:
+                    continue
+            if request.first_scheduled_time is None:
+                request.first_scheduled_time = now
+                self.policy.on_first_admission(request)
+            request.status = RequestStatus.RUNNING
+            out.chunks.append(self._chunk(request, num_new))
+            budget -= num_new
+        out.num_batched_tokens = self.config.max_num_batched_tokens - budget
+        self.num_steps += 1
+        return out
+
+    def update(self, out: SchedulerOutput, sampled: list[int | None], now: float, swaps_done_at: float) -> list[Request]:
+        """Applies one step's results; returns the requests that finished in it."""
+        if len(sampled) != len(out.chunks):
+            raise ValueError(f"got {len(sampled)} sampled tokens for a batch of {len(out.chunks)} chunks")
+        for chunk in out.chunks:
+            request = chunk.request
+            if request.swap_in_issued_at is not None:  # a swap-in waited for synchronously this step
+                request.metrics.swap_stall_time += swaps_done_at - request.swap_in_issued_at
+                request.swap_in_issued_at = None
+        finished: list[Request] = []
+        for chunk, token in zip(out.chunks, sampled):
+            request = chunk.request
+            if request.is_finished:
+                continue
+            request.num_computed_tokens += len(chunk.token_ids)
+            if not chunk.sample:
+                continue
+            if token is None:
+                raise ValueError(f"request {request.request_id!r} expected a sampled token, got None")
+            request.output_token_ids.append(token)
+            request.metrics.record_token(now)
+            self.policy.on_output_token(request)
+            reason = self._stop_reason(request, token)
+            if reason is not None:
+                self._finish(request, reason, now, keep_kv=request.keep_kv)
+                finished.append(request)
+        self.last_batch_size = len(out.chunks)
+        return finished
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    def _chunk(self, request: Request, num_new: int) -> ScheduledChunk:
+        start = request.num_computed_tokens
+        stop = start + num_new
+        block_table = self.kv.allocate(request.seq_id, stop)
+        return ScheduledChunk(
+            request=request,
+            token_ids=request.token_slice(start, stop),
+            num_cached=start,
+            block_table=block_table,
+            sample=stop == request.num_tokens,
+        )
+
+    def _tokens_that_fit(self, request: Request, location: str, wanted: int) -> int:
+        """A shorter prefill chunk that fits the free blocks now (0 when none does, or when decoding)."""
+        if location == "host" or request.num_uncomputed_tokens <= 1:
+            return 0
+        held = self.kv.num_blocks_of(request.seq_id) if location == "device" else 0
+        room = (held + self.kv.num_free_device_blocks) * self.kv.block_size - request.num_computed_tokens
+        return max(0, min(wanted, room))
+
+    def _make_room(self, need: int, order: list[Request], index: int, out: SchedulerOutput, now: float) -> bool:
+        """Frees `need` device blocks for order[index], preempting what ranks below it; False: it waits."""
+        while self.kv.num_free_device_blocks < need:
+            if self.kv.num_free_device_blocks + self.kv.num_pending_free_blocks >= need:
+                return False  # copies in flight will free enough: wait rather than evict more
+            if not self._evict_idle_context(out):
+                victim = self._lowest_ranked_resident(order, index)
+                if victim is None:
+                    return False
+                self._preempt(victim, out, now)
+        return True
+
+    def _lowest_ranked_resident(self, order: list[Request], index: int) -> Request | None:
+        for request in reversed(order[index + 1 :]):
+            if request.status is RequestStatus.RUNNING and self.kv.location(request.seq_id) == "device":
+                return request
+        return None
+
+    def _evict_idle_context(self, out: SchedulerOutput) -> bool:
+        for seq_id, num_tokens in self.idle_contexts.items():
+            if self.kv.location(seq_id) == "device":
+                if self._swap_out(seq_id, num_tokens):
+                    out.swapped_out.append(str(seq_id))
+                else:
+                    self.kv.drop(seq_id)
+                    del self.idle_contexts[seq_id]  # safe: we return before iterating further
+                    out.recomputed.append(str(seq_id))
+                return True
+        return False
+
+    def _preempt(self, request: Request, out: SchedulerOutput, now: float) -> None:
+        request.metrics.num_preemptions += 1
+        request.swap_in_issued_at = None
+        # A request preempted while its swap-in is in flight goes back to its intact host copy.
+        if self._swap_out(request.seq_id, request.num_computed_tokens):
+            request.status = RequestStatus.SWAPPED
+            out.swapped_out.append(request.request_id)
+            return
+        # Recompute: drop the KV; the tokens generated so far are prefilled again with the prompt.
+        self.kv.drop(request.seq_id)
+        request.num_computed_tokens = 0
+        request.status = RequestStatus.WAITING
+        out.recomputed.append(request.request_id)
+
+    def _swap_out(self, seq_id: Hashable, num_tokens: int) -> bool:
+        if self.config.preemption_mode != "swap":
+            return False
+        while not self.kv.can_swap_out(seq_id, num_tokens):
+            if not self._drop_idle_host_context():
+                return False
+        blocking = not self.kv.asynchronous or self.kv.num_blocks_of(seq_id) <= self.adaptive_sync_blocks
+        self.kv.swap_out(seq_id, num_tokens, blocking)
+        return True
+
+    def _drop_idle_host_context(self) -> bool:
+        for seq_id in self.idle_contexts:
+            if self.kv.location(seq_id) == "host":
+                self.kv.drop(seq_id)
+                del self.idle_contexts[seq_id]
+                return True
+        return False
+
+    def _stop_reason(self, request: Request, token: int) -> str | None:
+        params = request.params
+        if token in request.eos_token_ids and not params.ignore_eos:
+            return "stop"
+        if token in tuple(params.stop_token_ids):
+            return "stop"
+        if len(request.output_token_ids) >= params.max_tokens or request.num_tokens >= self.max_seq_len:
+            return "length"
+        return None
+
+    def _finish(self, request: Request, reason: str, now: float, keep_kv: bool) -> None:
+        request.status = RequestStatus.FINISHED
+        request.finish_reason = reason
+        request.metrics.finish_time = now
+        del self.requests[request.request_id]
+        del self.by_seq[request.seq_id]
+        if self.kv.location(request.seq_id) == "none":
+            return
+        if keep_kv:
+            self.idle_contexts[request.seq_id] = request.num_computed_tokens
+        else:
+            self.kv.drop(request.seq_id)
