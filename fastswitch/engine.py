@@ -30,6 +30,7 @@ from fastswitch.config import EngineConfig
 from fastswitch.models.runner import ForwardChunk, ModelRunner
 from fastswitch.models.sampling import Sampler, SamplingParams
 from fastswitch.outputs import RequestOutput
+from fastswitch.sched.conversation import Conversation
 from fastswitch.sched.metrics import RunMetrics
 from fastswitch.sched.request import Request, ScheduledChunk
 from fastswitch.sched.scheduler import Scheduler
@@ -117,6 +118,7 @@ class Engine:
         self.num_batched_tokens = 0
         self._outputs: dict[str, RequestOutput] = {}
         self._ids = itertools.count()
+        self._conversation_ids = itertools.count()
         self._lock = threading.RLock()
 
     @classmethod
@@ -189,6 +191,11 @@ class Engine:
             if request is None:
                 return None
             return self._retire(request)
+
+    def conversation(self, client_id: Hashable = None, priority: int = 0) -> Conversation:
+        """A new multi-turn conversation whose turns share one KV context (see sched/conversation.py)."""
+        with self._lock:
+            return Conversation(self, f"conversation-{next(self._conversation_ids)}", client_id, priority)
 
     def release_context(self, seq_id: Hashable) -> None:
         """Frees the KV a conversation kept between turns."""

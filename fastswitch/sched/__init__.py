@@ -1,0 +1,28 @@
+"""Scheduling: requests and conversations, policies (fcfs, priority, vtc), priority patterns, the
+preemptive scheduler and run metrics. Nothing here touches tensors: the scheduler decides, and the
+swap manager (fastswitch/cache) and the executor (fastswitch/engine.py) act."""
+
+from fastswitch.sched.conversation import Conversation
+from fastswitch.sched.kv_space import KVSpace
+from fastswitch.sched.metrics import RunMetrics, percentile
+from fastswitch.sched.policies import FCFSPolicy, PriorityPolicy, VTCPolicy, make_policy
+from fastswitch.sched.priority_patterns import PriorityUpdater
+from fastswitch.sched.request import Request, RequestStatus, ScheduledChunk, SchedulerOutput
+from fastswitch.sched.scheduler import Scheduler
+
+__all__ = [
+    "Conversation",
+    "FCFSPolicy",
+    "KVSpace",
+    "PriorityPolicy",
+    "PriorityUpdater",
+    "Request",
+    "RequestStatus",
+    "RunMetrics",
+    "ScheduledChunk",
+    "Scheduler",
+    "SchedulerOutput",
+    "VTCPolicy",
+    "make_policy",
+    "percentile",
+]
