@@ -37,6 +37,8 @@ class KVBlockAllocator(Protocol):
 
     def free_runs(self) -> list[Run]: ...
 
+    def is_allocated(self, block: int) -> bool: ...
+
 
 def _check_num_blocks(num_blocks: int) -> None:
     if not isinstance(num_blocks, int) or num_blocks < 1:

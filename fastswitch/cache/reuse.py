@@ -13,14 +13,18 @@ the only copy of a swapped-out conversation.
 
 The swap manager's calls, per conversation:
 
-    plan = tracker.begin_swap_out(conv, num_blocks)   # host blocks for logical blocks plan.first_block..
-    ... copy device_table[plan.first_block:] -> plan.host_blocks ...
-    tracker.finish_swap_out(conv, num_full_blocks)     # unpins; the host copy is now the only copy
-    host_blocks = tracker.begin_swap_in(conv)          # all its host blocks, in logical order; pinned
+    plan = tracker.begin_swap_out(conv, num_blocks)   # phase swapping_out: pinned
+    ... copy device_table[plan.first_block:] -> plan.host_blocks (copy_runs pairs them) ...
+    tracker.finish_swap_out(conv, num_full_blocks)     # swapped_out: the host holds the only copy
+    host_blocks = tracker.begin_swap_in(conv)          # swapping_in: pinned; its blocks in logical order
     ... copy host_blocks -> the new device blocks ...
-    tracker.finish_swap_in(conv)                       # unpins; keeps the full blocks for reuse (LRU)
+    tracker.finish_swap_in(conv)                       # resident: full blocks kept for reuse, LRU-evictable
     tracker.invalidate(conv, from_block)               # its tokens from that block on changed
     tracker.drop(conv)                                 # forget it and free its host blocks
+
+Reuse assumes the conversation's tokens before `first_block` are the ones the host copy was made
+from: the caller invalidates when they change (a recomputed or edited context) and drops a copy it
+will not resume (a finished conversation).
 """
 
 from __future__ import annotations

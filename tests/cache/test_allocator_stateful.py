@@ -19,13 +19,11 @@ class AllocatorMachine(RuleBasedStateMachine):
     """Drives one allocator; subclasses pick which."""
 
     groups = Bundle("groups")
-
-    def make_allocator(self):
-        raise NotImplementedError
+    allocator_class: type = BlockGroupAllocator
 
     def __init__(self) -> None:
         super().__init__()
-        self.allocator = self.make_allocator()
+        self.allocator = self.allocator_class(NUM_BLOCKS)
         self.owner: dict[int, tuple[int, int]] = {}  # block -> the group (as allocated) owning it
 
     def _own(self, group):
@@ -59,9 +57,7 @@ class AllocatorMachine(RuleBasedStateMachine):
         if not runs:
             return
         group = runs[-1]
-        if self.owner.get(group[0]) is None or any(
-            self.owner.get(b) is None for b in range(group[0], group[0] + group[1])
-        ):
+        if any(b not in self.owner for b in range(group[0], group[0] + group[1])):
             return  # freed since
         room = self.allocator.room_after(group)
         grew = self.allocator.extend(group, k)
@@ -111,14 +107,8 @@ class AllocatorMachine(RuleBasedStateMachine):
         assert self.allocator.num_free == len(free)
 
 
-class GroupAllocatorMachine(AllocatorMachine):
-    def make_allocator(self):
-        return BlockGroupAllocator(NUM_BLOCKS)
-
-
 class VllmAllocatorMachine(AllocatorMachine):
-    def make_allocator(self):
-        return BlockAllocator(NUM_BLOCKS)
+    allocator_class = BlockAllocator
 
 
 class BlockManagerMachine(RuleBasedStateMachine):
@@ -182,6 +172,6 @@ class BlockManagerMachine(RuleBasedStateMachine):
                 assert all(n == 1 for _, n in groups)
 
 
-TestGroupAllocator = GroupAllocatorMachine.TestCase
+TestGroupAllocator = AllocatorMachine.TestCase
 TestVllmAllocator = VllmAllocatorMachine.TestCase
 TestBlockManager = BlockManagerMachine.TestCase
