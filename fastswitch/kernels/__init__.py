@@ -29,7 +29,7 @@ def paged_attention(
     of sequence b sits at position seq_lens[b] - q_len_b + i. scale defaults to 1/sqrt(D).
     """
     if resolve_backend(backend, q.device) == "triton":
-        from fastswitch.kernels.paged_attention import paged_attention_triton
+        from fastswitch.kernels.triton_attention import paged_attention_triton
 
         return paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)
     return reference.paged_attention(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)
@@ -45,7 +45,7 @@ def store_kv(
 ) -> None:
     """Write one layer's new key/value [T, Hkv, D] into the cache slots given by slot_mapping [T] int64."""
     if resolve_backend(backend, key.device) == "triton":
-        from fastswitch.kernels.store_kv import store_kv_triton
+        from fastswitch.kernels.triton_store import store_kv_triton
 
         store_kv_triton(key, value, k_cache, v_cache, slot_mapping)
         return
@@ -55,7 +55,7 @@ def store_kv(
 def pack_blocks(cache: torch.Tensor, runs: list[tuple[int, int]], backend: str = "auto") -> torch.Tensor:
     """Gather block runs (start, length) of the block-major cache into one contiguous staging tensor."""
     if resolve_backend(backend, cache.device) == "triton":
-        from fastswitch.kernels.block_copy import pack_blocks_triton
+        from fastswitch.kernels.triton_block_copy import pack_blocks_triton
 
         return pack_blocks_triton(cache, runs)
     return reference.pack_blocks(cache, runs)
@@ -64,7 +64,7 @@ def pack_blocks(cache: torch.Tensor, runs: list[tuple[int, int]], backend: str =
 def unpack_blocks(staging: torch.Tensor, cache: torch.Tensor, runs: list[tuple[int, int]], backend: str = "auto") -> None:
     """Scatter a staging tensor back into block runs of the cache (the inverse of pack_blocks)."""
     if resolve_backend(backend, cache.device) == "triton":
-        from fastswitch.kernels.block_copy import unpack_blocks_triton
+        from fastswitch.kernels.triton_block_copy import unpack_blocks_triton
 
         unpack_blocks_triton(staging, cache, runs)
         return

@@ -36,9 +36,9 @@ class PagedBatch:
 
 
 @st.composite
-def sequence_shapes(draw: st.DrawFn, max_context: int) -> tuple[int, int]:
-    """(num_cached, num_new) for one sequence: prefill, chunked prefill or decode."""
-    kind = draw(st.sampled_from(("prefill", "chunked", "decode")))
+def sequence_shapes(draw: st.DrawFn, max_context: int, kinds: tuple[str, ...]) -> tuple[int, int]:
+    """(num_cached, num_new) for one sequence of a kind among prefill, chunked prefill and decode."""
+    kind = draw(st.sampled_from(kinds))
     if kind == "prefill":
         return 0, draw(st.integers(1, 40))
     if kind == "chunked":
@@ -54,13 +54,14 @@ def paged_batches(
     block_sizes: tuple[int, ...] = BLOCK_SIZES,
     max_seqs: int = 4,
     max_context: int = 100,
+    kinds: tuple[str, ...] = ("prefill", "chunked", "decode"),
 ) -> PagedBatch:
     dtype = draw(st.sampled_from(dtypes))
     head_dim = draw(st.sampled_from(head_dims))
     block_size = draw(st.sampled_from(block_sizes))
     num_kv_heads = draw(st.integers(1, 2))
     num_q_heads = num_kv_heads * draw(st.sampled_from(GQA_RATIOS))
-    shapes = draw(st.lists(sequence_shapes(max_context), min_size=1, max_size=max_seqs))
+    shapes = draw(st.lists(sequence_shapes(max_context, kinds), min_size=1, max_size=max_seqs))
     scale = draw(st.sampled_from((None, 0.05, 0.3)))
     seed = draw(st.integers(0, 2**31 - 1))
 

@@ -86,3 +86,14 @@ def test_backend_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve_backend("triton", cpu)
     with pytest.raises(ValueError, match="backend='cuda' is not one of"):
         resolve_backend("cuda", cpu)
+
+
+def test_public_names_stay_functions_after_the_triton_modules_load() -> None:
+    # A submodule named like a public function would replace it on the package when first imported.
+    import fastswitch.kernels as kernels
+    import fastswitch.kernels.triton_attention  # noqa: F401
+    import fastswitch.kernels.triton_block_copy  # noqa: F401
+    import fastswitch.kernels.triton_store  # noqa: F401
+
+    for name in ("paged_attention", "store_kv", "pack_blocks", "unpack_blocks"):
+        assert callable(getattr(kernels, name)), name

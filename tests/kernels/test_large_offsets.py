@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fastswitch.kernels import pack_blocks, reference, store_kv, unpack_blocks
-from fastswitch.kernels.paged_attention import paged_attention_triton
+from fastswitch.kernels.triton_attention import paged_attention_triton
 
 BLOCK_ELEMENTS = 1 * 2 * 8 * 1 * 16  # layers * K/V * block_size * Hkv * D
 NUM_BLOCKS = (1 << 31) // BLOCK_ELEMENTS + 64

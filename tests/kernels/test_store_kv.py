@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, strategies as st
 
 from fastswitch.kernels import reference
-from fastswitch.kernels.store_kv import store_kv_triton
+from fastswitch.kernels.triton_store import store_kv_triton
 
 
 @given(

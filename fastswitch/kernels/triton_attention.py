@@ -70,7 +70,8 @@ def paged_attention_kernel(
 
     # Keys up to the last query of the tile, cut into NUM_SPLITS ranges of whole BLOCK_N steps.
     kv_end = seq_len - q_len + tl.minimum(tile_start + BLOCK_Q, q_len)
-    split_len = tl.cdiv(tl.cdiv(kv_end, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    # Plain integer ceil-divisions: tl.cdiv is a nested jit call, which the interpreter makes costly.
+    split_len = ((kv_end + NUM_SPLITS - 1) // NUM_SPLITS + BLOCK_N - 1) // BLOCK_N * BLOCK_N
     kv_lo = split * split_len
     kv_hi = tl.minimum(kv_lo + split_len, kv_end)
 
