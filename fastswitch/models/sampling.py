@@ -80,7 +80,7 @@ class Sampler:
         params: list[SamplingParams],
         generators: list[torch.Generator | None],
     ) -> list[int]:
-        """logits [B, V]; params and generators one per row (a None generator uses torch's global one)."""
+        """logits [B, V]; params and CPU generators one per row (None: torch's global generator)."""
         if logits.dim() != 2 or logits.shape[0] != len(params) or len(params) != len(generators):
             raise ValueError(
                 f"logits {tuple(logits.shape)}, {len(params)} params and {len(generators)} generators "
@@ -91,7 +91,8 @@ class Sampler:
         for row, (p, generator) in enumerate(zip(params, generators)):
             if p.greedy:
                 continue
-            row_logits = filter_top_k_top_p(logits[row] / p.temperature, p.top_k, p.top_p)
+            # Drawn on the CPU with CPU generators: the same seed gives the same tokens on any device.
+            row_logits = filter_top_k_top_p(logits[row].cpu() / p.temperature, p.top_k, p.top_p)
             probs = torch.softmax(row_logits, dim=-1)
             tokens[row] = int(torch.multinomial(probs, 1, generator=generator).item())
         return tokens
