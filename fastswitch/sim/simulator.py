@@ -14,8 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastswitch.cache.copy_engine import TorchCopyEngine
+from fastswitch.cache.kv_cache import KVCache
 from fastswitch.config import EngineConfig
-from fastswitch.engine import HOST_BLOCKS_PER_DEVICE_BLOCK, Engine
+from fastswitch.engine import HOST_BLOCKS_PER_DEVICE_BLOCK, Engine, ModelExecutor
+from fastswitch.models.runner import ModelRunner
+from fastswitch.models.sampling import Sampler
 from fastswitch.sim.clock import CopyQueues, VirtualClock
 from fastswitch.sim.copy_engine import VirtualCopyEngine
 from fastswitch.sim.cost_model import CostModel
@@ -57,6 +61,39 @@ def build_simulated_engine(
         num_layers=model.num_layers,
         block_bytes=model.kv_block_bytes(config.block_size),
         max_model_len=max_model_len,
+    )  # fmt: skip
+    return SimulatedEngine(engine, clock, executor, queues)
+
+
+def build_real_engine_on_virtual_time(
+    model, config: EngineConfig, cost_model: CostModel, max_model_len: int, eos_token_ids: tuple[int, ...] = ()
+) -> SimulatedEngine:
+    """The real engine over a LlamaForServing (model forward, sampling, KV copies all really run), with
+    step and copy times taken from cost_model on a virtual clock instead of the wall clock.
+
+    Given the same cost model and workload it must make exactly the decisions of the simulated engine:
+    the check that the simulator's only departure from a real run is the time it charges. It is also
+    how a calibrated profile's predictions are set beside a real run of the same workload.
+    """
+    if config.num_gpu_blocks is None:
+        raise ValueError("num_gpu_blocks=None: give the device pool size explicitly")
+    num_cpu_blocks = config.num_cpu_blocks or HOST_BLOCKS_PER_DEVICE_BLOCK * config.num_gpu_blocks
+    device_cache = KVCache(
+        config.num_gpu_blocks, model.num_layers, config.block_size, model.num_kv_heads, model.head_dim,
+        model.dtype, model.device,
+    )  # fmt: skip
+    host_cache = KVCache.host_pool_for(device_cache, num_cpu_blocks)
+    clock = VirtualClock()
+    queues = CopyQueues(cost_model)
+    real = ModelExecutor(ModelRunner(model, device_cache, backend=config.attention_backend), Sampler(), config.seed)
+    executor = VirtualExecutor(cost_model, clock, backing=real)
+    # The real copies run synchronously at submit; completion is still reported on the virtual clock.
+    copy_engine = VirtualCopyEngine(queues, clock, backing=TorchCopyEngine(device_cache, host_cache))
+    engine = Engine(
+        config, executor, copy_engine,
+        num_gpu_blocks=config.num_gpu_blocks, num_cpu_blocks=num_cpu_blocks, num_layers=model.num_layers,
+        block_bytes=device_cache.block_bytes, max_model_len=max_model_len, eos_token_ids=eos_token_ids,
+        vocab_size=model.vocab_size,
     )  # fmt: skip
     return SimulatedEngine(engine, clock, executor, queues)
 
