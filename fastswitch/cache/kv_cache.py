@@ -62,7 +62,10 @@ class KVCache:
 
     @classmethod
     def host_pool_for(cls, device_cache: "KVCache", num_blocks: int) -> "KVCache":
-        """The swap space of device_cache: same block shape and dtype, on the CPU, pinned if CUDA exists."""
+        """The swap space of device_cache: same block shape and dtype, on the CPU, pinned if CUDA exists.
+
+        Its blocks are handed out by a separate `BlockManager` of num_blocks (keyed by conversation
+        id), which a `HostReuseTracker` owns so that it can evict spare host copies for room."""
         return cls(
             num_blocks, device_cache.num_layers, device_cache.block_size, device_cache.num_kv_heads,
             device_cache.head_dim, device_cache.dtype, "cpu", pin_memory=torch.cuda.is_available(),
