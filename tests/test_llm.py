@@ -1,0 +1,131 @@
+"""The LLM facade: request validation, stop conditions, seeds, metrics, batching limits, stats."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from fastswitch.llm import LLM
+from fastswitch.models import SamplingParams
+
+EOS = 2
+
+
+def tiny_model() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.1, eos_token_id=EOS,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def hf_model() -> LlamaForCausalLM:
+    return tiny_model()
+
+
+@pytest.fixture
+def llm(hf_model) -> LLM:
+    return LLM(hf_model, block_size=8, max_num_seqs=4, attention_backend="torch")
+
+
+PROMPTS = [[5, 9, 30, 41], [7] * 13, [100, 3]]
+
+
+def test_outputs_keep_prompt_order_and_carry_metrics(llm):
+    outputs = llm.generate(PROMPTS, SamplingParams(max_tokens=5, ignore_eos=True))
+    assert [o.prompt_token_ids for o in outputs] == PROMPTS
+    assert [o.request_id for o in outputs] == ["0", "1", "2"]
+    for output in outputs:
+        assert output.finish_reason == "length" and len(output.token_ids) == 5
+        assert output.text is None  # no tokenizer for an in-memory model
+        m = output.metrics
+        assert m.ttft > 0 and m.first_token_time == m.token_times[0]
+        assert len(m.tbts) == 4 and all(gap >= 0 for gap in m.tbts)
+        assert m.num_preemptions == 0 and m.e2e_latency >= m.ttft
+
+
+def test_sequential_and_batched_runs_agree(hf_model, llm):
+    one_at_a_time = LLM(hf_model, block_size=8, max_num_seqs=1, max_num_batched_tokens=3, attention_backend="torch")
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    assert [o.token_ids for o in one_at_a_time.generate(PROMPTS, params)] == [
+        o.token_ids for o in llm.generate(PROMPTS, params)
+    ]
+
+
+def test_stop_token_ends_the_request_and_is_kept_in_token_ids(llm):
+    free_run = llm.generate([PROMPTS[0]], SamplingParams(max_tokens=8, ignore_eos=True))[0].token_ids
+    stop = free_run[3]
+    first = free_run.index(stop)
+    out = llm.generate([PROMPTS[0]], SamplingParams(max_tokens=8, ignore_eos=True, stop_token_ids=[stop]))[0]
+    assert out.finish_reason == "stop"
+    assert out.token_ids == free_run[: first + 1]
+
+
+def test_eos_stops_unless_ignored(llm):
+    free_run = llm.generate([PROMPTS[0]], SamplingParams(max_tokens=5, ignore_eos=True))[0].token_ids
+    # Declare the second greedy token the model's EOS: generation must stop right there.
+    model = tiny_model()
+    model.generation_config.eos_token_id = free_run[1]
+    eos_llm = LLM(model, block_size=8, attention_backend="torch")
+    assert eos_llm.eos_token_ids == [free_run[1]]
+    stopped = eos_llm.generate([PROMPTS[0]], SamplingParams(max_tokens=5))[0]
+    assert stopped.token_ids == free_run[: free_run.index(free_run[1]) + 1] and stopped.finish_reason == "stop"
+    ignored = eos_llm.generate([PROMPTS[0]], SamplingParams(max_tokens=5, ignore_eos=True))[0]
+    assert ignored.token_ids == free_run and ignored.finish_reason == "length"
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch(llm):
+    params = SamplingParams(max_tokens=6, temperature=1.0, top_p=0.9, seed=123)
+    alone = llm.generate([PROMPTS[1]], params)[0].token_ids
+    others = SamplingParams(max_tokens=6, temperature=1.0)
+    batched = llm.generate([PROMPTS[0], PROMPTS[1], PROMPTS[2]], [others, params, others])[1].token_ids
+    assert alone == batched
+
+
+def test_invalid_requests_raise_before_anything_runs(llm):
+    before = llm.stats()
+    cases = [
+        (lambda: llm.generate([[1, 2], []]), "empty"),
+        (lambda: llm.generate([[1, 256]]), "outside the vocabulary 0..255"),
+        (lambda: llm.generate(["text"]), "needs a tokenizer"),
+        (lambda: llm.generate([[1] * 120], SamplingParams(max_tokens=16)), "136 exceeds max_model_len=128"),
+        (lambda: llm.generate(PROMPTS, [SamplingParams()] * 2), "sampling_params has 2 entries but there are 3"),
+        (lambda: llm.generate(PROMPTS, priorities=[0, 1]), "priorities has 2 entries"),
+        (lambda: llm.generate(PROMPTS, priorities=[0, -1, 0]), "priority=-1"),
+        (lambda: llm.generate([[1, 2]], SamplingParams(stop_token_ids=[999])), "stop token id 999"),
+        (lambda: llm.chat([{"role": "user", "content": "hi"}]), "chat needs a tokenizer"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert llm.stats() == before
+    assert llm.generate([[1, 2]], SamplingParams(max_tokens=1))[0].request_id == "0"  # no id was used up
+
+
+def test_config_errors(hf_model):
+    with pytest.raises(ValueError, match="max_model_len=4096 exceeds the model's limit of 128"):
+        LLM(hf_model, max_model_len=4096)
+    with pytest.raises(ValueError, match="unknown EngineConfig field"):
+        LLM(hf_model, block_sise=8)
+    small = LLM(hf_model, block_size=8, num_gpu_blocks=2, attention_backend="torch")
+    with pytest.raises(ValueError, match="needs 3 KV blocks but the cache holds 2"):
+        small.generate([[1] * 10], SamplingParams(max_tokens=8))
+
+
+def test_requests_wait_for_blocks_and_all_finish(hf_model, llm):
+    # 3 blocks fit one request of 20 tokens at a time: the others wait for its blocks.
+    tight = LLM(hf_model, block_size=8, num_gpu_blocks=3, attention_backend="torch")
+    params = SamplingParams(max_tokens=8, ignore_eos=True)
+    prompts = [[11] * 12, [12] * 12, [13] * 12]
+    assert [o.token_ids for o in tight.generate(prompts, params)] == [o.token_ids for o in llm.generate(prompts, params)]
+    stats = tight.stats()
+    assert stats["num_free_gpu_blocks"] == 3 and stats["num_generated_tokens"] == 24
+    assert stats["num_prompt_tokens"] == 36 and stats["swap_out_count"] == 0
+
+
+def test_priorities_order_admission(hf_model):
+    one_slot = LLM(hf_model, block_size=8, max_num_seqs=1, attention_backend="torch")
+    outputs = one_slot.generate(PROMPTS, SamplingParams(max_tokens=2, ignore_eos=True), priorities=[2, 0, 1])
+    first_tokens = sorted(range(3), key=lambda i: outputs[i].metrics.first_token_time)
+    assert first_tokens == [1, 2, 0]
