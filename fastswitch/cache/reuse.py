@@ -96,6 +96,13 @@ class HostReuseTracker:
         """Host blocks that eviction could free (resident copies: not in flight, not swapped out), except keep's."""
         return sum(self.host.num_blocks_of(c.conv_id) for c in self._evictable() if c.conv_id != keep)
 
+    def can_begin_swap_out(self, conv_id: Hashable, num_blocks: int) -> bool:
+        """Whether begin_swap_out(conv_id, num_blocks) would succeed now (evicting as needed)."""
+        copy = self._copies.get(conv_id)
+        if copy and not copy.evictable:
+            return False
+        return self._host_shortfall(conv_id, num_blocks) <= self.evictable_blocks(keep=conv_id)
+
     def begin_swap_out(self, conv_id: Hashable, num_blocks: int) -> SwapOutPlan:
         """Reserves host blocks for a swap-out of num_blocks blocks and pins them.
 
@@ -110,12 +117,11 @@ class HostReuseTracker:
         if copy and not copy.evictable:
             raise ValueError(f"conversation {conv_id!r} cannot swap out: it is {copy.phase.replace('_', ' ')}")
         reused = min(self.reusable_blocks(conv_id), num_blocks)
-        held = self.host.num_blocks_of(conv_id) if self.host.has(conv_id) else 0
-        short = (num_blocks - reused) - (self.host.num_free + held - reused)
+        short = self._host_shortfall(conv_id, num_blocks)
         if short > self.evictable_blocks(keep=conv_id):
             raise ValueError(
                 f"host pool cannot hold conversation {conv_id!r}: it needs {num_blocks - reused} new blocks, "
-                f"num_free={self.host.num_free + held - reused} of {self.host.num_blocks} "
+                f"num_free={num_blocks - reused - short} of {self.host.num_blocks} (counting its stale blocks) "
                 f"and {self.evictable_blocks(keep=conv_id)} more could be evicted"
             )
         if copy is None:
@@ -193,6 +199,13 @@ class HostReuseTracker:
                 f"evictable={self.evictable_blocks()}"
             )
         return self._evict(short) if short > 0 else []
+
+    def _host_shortfall(self, conv_id: Hashable, num_blocks: int) -> int:
+        """Host blocks that must be evicted before conv_id can hold num_blocks (<= 0: none)."""
+        reused = min(self.reusable_blocks(conv_id), num_blocks)
+        held = self.host.num_blocks_of(conv_id) if self.host.has(conv_id) else 0
+        # Its blocks after the reused ones are stale and are freed first.
+        return (num_blocks - reused) - (self.host.num_free + held - reused)
 
     def _evict(self, num_blocks: int, keep: Hashable | None = None) -> list[Hashable]:
         evicted = []

@@ -28,6 +28,7 @@ class ReuseMachine(RuleBasedStateMachine):
     def begin_swap_out(self, conv, num_blocks):
         t = self.tracker
         if self.state.get(conv) in ("swapping_out", "out", "swapping_in"):
+            assert not t.can_begin_swap_out(conv, num_blocks)
             with pytest.raises(ValueError, match="cannot swap out"):
                 t.begin_swap_out(conv, num_blocks)
             return
@@ -36,6 +37,7 @@ class ReuseMachine(RuleBasedStateMachine):
         reused = min(valid, num_blocks)
         need = num_blocks - reused
         available = t.host.num_free + len(old_table) - reused + t.evictable_blocks(keep=conv)
+        assert t.can_begin_swap_out(conv, num_blocks) == (need <= available)
         if need > available:
             free_before = t.host.num_free
             with pytest.raises(ValueError, match="host pool cannot hold"):
