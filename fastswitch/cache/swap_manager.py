@@ -1,20 +1,21 @@
 """The swap manager: where each sequence's KV lives, and the copies that move it.
 
-It implements the scheduler's `KVSpace` (fastswitch/sched/kv_space.py) over two `BlockManager`s
-(device pool, host pool) and a `CopyEngine`. Each sequence is on the device or on the host, with at
-most one copy in flight. Blocks under an in-flight copy are never handed out again before it
-completes: a swap-out's device blocks, a swap-in's host blocks when they are not kept, and the
-blocks of a sequence dropped (aborted, recomputed) mid-copy are freed by `poll` once the copy is
-done. A sequence preempted while its swap-in is in flight simply goes back to its host copy, which
-is still whole; the device blocks the swap-in was filling are freed when it lands.
+It implements the scheduler's `KVSpace` (fastswitch/sched/kv_space.py) over the device pool's
+`BlockManager`, the host pool's `HostReuseTracker` (cache/reuse.py, which owns the host blocks and
+decides what a swap-out may skip) and a `CopyEngine`. Each sequence is on the device or on the host,
+with at most one copy in flight. Blocks under an in-flight copy are never handed out again before it
+completes: a swap-out's device blocks are freed by `poll` once its copy is done, and a sequence
+dropped (aborted, recomputed) mid-copy gives its blocks back only when the copy lands. A request is
+runnable only once its swap-in has landed (`is_ready`), and a sequence is swapped in again only once
+its swap-out is whole.
 
-Block ids are keyed by (seq_id, epoch) in the block managers: a sequence that comes back to a pool
-while blocks of its previous stay there still await a copy gets a fresh key, so the two never mix.
+Device blocks are keyed by (seq_id, epoch) in the block manager: a sequence that comes back to the
+device while blocks of its previous stay still await a copy gets a fresh key, so the two never mix.
 
-KV reuse (`kv_reuse=True`): after a swap-in the host copy is kept. Its first
-`host_valid_tokens // block_size` blocks stay identical to the device's (tokens are only appended),
-so the next swap-out of the sequence copies only the blocks after them. Under host-memory pressure
-kept copies are dropped, least recently swapped-in first.
+KV reuse (`kv_reuse=True`): the tracker keeps the host copy after a swap-in; its full blocks stay
+identical to the device's (tokens are only appended), so the next swap-out of the sequence copies
+only the blocks after them. Under host-memory pressure the tracker drops kept copies, least
+recently used first.
 """
 
 from __future__ import annotations
@@ -23,28 +24,27 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Hashable
 
-from fastswitch.cache.block_manager import BlockManager
-from fastswitch.cache.copy_engine import CopyEngine, CopyHandle, CopyJob, pair_runs, slice_runs
+from fastswitch.cache.block_manager import BlockManager, copy_runs
+from fastswitch.cache.copy_engine import CopyEngine, CopyHandle, CopyJob, CopyPair
+from fastswitch.cache.reuse import HostReuseTracker
 
 
 @dataclass
 class SequenceKV:
     location: str  # "device" or "host"
     device_key: tuple | None = None
-    host_key: tuple | None = None
     num_tokens: int = 0  # tokens the host copy holds, set at swap-out
-    host_valid_tokens: int = 0  # leading tokens of the kept host copy still equal to the device's
     in_flight: CopyHandle | None = None
-    last_swap_in: int = 0  # LRU order of kept host copies
 
 
 @dataclass
 class PendingCopy:
     handle: CopyHandle
     seq_id: Hashable
-    direction: str
+    direction: str  # "out" or "in"
+    num_full_blocks: int = 0  # a swap-out's full blocks: reusable once it lands
     free_device: list[tuple] = field(default_factory=list)
-    free_host: list[tuple] = field(default_factory=list)
+    drop_host: bool = False  # the sequence was dropped meanwhile: forget its host copy on landing
 
 
 @dataclass
@@ -79,6 +79,7 @@ class SwapManager:
             raise ValueError(f"device block_size={device.block_size} differs from host block_size={host.block_size}")
         self.device = device
         self.host = host
+        self.host_copies = HostReuseTracker(host, keep_after_swap_in=kv_reuse)
         self.copy_engine = copy_engine
         self.num_layers = num_layers
         self.block_bytes = block_bytes
@@ -91,7 +92,6 @@ class SwapManager:
         self._seqs: dict[Hashable, SequenceKV] = {}
         self._pending: list[PendingCopy] = []
         self._epoch = 0
-        self._swap_in_counter = 0
 
     # ---- what the scheduler reads -----------------------------------------------------------
 
@@ -155,47 +155,40 @@ class SwapManager:
 
     def can_swap_out(self, seq_id: Hashable, num_tokens: int) -> bool:
         entry = self._entry(seq_id)
-        if entry.location != "device":
+        if entry.location != "device" or entry.in_flight is not None:
             return False
-        if entry.in_flight is not None:
-            return True  # back to its host copy, nothing to copy
-        needed = self._host_blocks_needed(entry, num_tokens)
-        while needed > self.host.num_free:
-            if not self._drop_lru_host_copy(exclude=seq_id):
-                return False
-        return True
+        copy = self.host_copies.record(seq_id)
+        if copy is not None and not copy.evictable:
+            return False  # an earlier stay's copy is still landing (the sequence was dropped meanwhile)
+        # The tracker's own admission rule: new blocks must fit in free + evictable host blocks.
+        num_blocks = self.device.blocks_for_tokens(num_tokens)
+        reused = min(self.host_copies.reusable_blocks(seq_id), num_blocks)
+        held = self.host.num_blocks_of(seq_id) if self.host.has(seq_id) else 0
+        short = (num_blocks - reused) - (self.host.num_free + held - reused)
+        return short <= self.host_copies.evictable_blocks(keep=seq_id)
 
     def swap_out(self, seq_id: Hashable, num_tokens: int, blocking: bool) -> None:
         entry = self._entry(seq_id)
-        if entry.location != "device":
-            raise ValueError(f"cannot swap out {seq_id!r}: it is on the {entry.location}")
-        if entry.in_flight is not None:
-            # Preempted while its swap-in lands: the host copy is whole; free the device side later.
-            pending = self._pending_of(entry.in_flight)
-            pending.free_device.append(entry.device_key)
-            entry.location, entry.device_key = "host", None
-            return
         if not self.can_swap_out(seq_id, num_tokens):
-            raise ValueError(f"host pool has {self.host.num_free} free blocks, too few to swap out {seq_id!r}")
-        total = self.device.blocks_for_tokens(num_tokens)
-        skip = 0
-        if self.kv_reuse and entry.host_key is not None:
-            skip = min(entry.host_valid_tokens, num_tokens) // self.block_size
-        else:
-            self._free_host(entry)
-            entry.host_key = self._new_key(seq_id)
-        self.host.ensure_capacity(entry.host_key, num_tokens)
-        src = slice_runs(self.device.groups(entry.device_key), skip, total)
-        dst = slice_runs(self.host.groups(entry.host_key), skip, total)
-        job = self._job("out", src, dst)
+            raise ValueError(
+                f"cannot swap out {seq_id!r}: location={entry.location}, copy in flight={entry.in_flight is not None}, "
+                f"host num_free={self.host.num_free}"
+            )
+        num_blocks = self.device.blocks_for_tokens(num_tokens)
+        plan = self.host_copies.begin_swap_out(seq_id, num_blocks)
+        src = self.device.block_table(entry.device_key)[plan.first_block : num_blocks]
+        job = self._job("out", src, plan.host_blocks)
         self.stats.swap_out_count += 1
         self.stats.swap_out_blocks += job.num_blocks
         self.stats.swap_out_bytes += job.num_bytes
-        self.stats.reused_blocks += skip
-        self.stats.reused_bytes += skip * self.block_bytes
-        pending = PendingCopy(self.copy_engine.submit(job), seq_id, "out", free_device=[entry.device_key])
-        entry.location, entry.device_key = "host", None
-        entry.num_tokens = entry.host_valid_tokens = num_tokens
+        self.stats.reused_blocks += plan.first_block
+        self.stats.reused_bytes += plan.first_block * self.block_bytes
+        self.stats.host_copies_dropped += len(plan.evicted)
+        pending = PendingCopy(
+            self.copy_engine.submit(job), seq_id, "out",
+            num_full_blocks=num_tokens // self.block_size, free_device=[entry.device_key],
+        )
+        entry.location, entry.device_key, entry.num_tokens = "host", None, num_tokens
         self._track(entry, pending, blocking)
 
     def swap_in(self, seq_id: Hashable, blocking: bool) -> None:
@@ -205,18 +198,14 @@ class SwapManager:
         needed = self.device.blocks_for_tokens(entry.num_tokens)
         if needed > self.device.num_free:
             raise ValueError(f"swap-in of {seq_id!r} needs {needed} device blocks, only {self.device.num_free} free")
+        host_blocks = self.host_copies.begin_swap_in(seq_id)
         entry.device_key = self._new_key(seq_id)
         self.device.ensure_capacity(entry.device_key, entry.num_tokens)
-        src = self.host.groups(entry.host_key)
-        src = slice_runs(src, 0, needed)
-        dst = self.device.groups(entry.device_key)
-        job = self._job("in", src, dst)
+        job = self._job("in", host_blocks[:needed], self.device.block_table(entry.device_key))
         self.stats.swap_in_count += 1
         self.stats.swap_in_blocks += job.num_blocks
         self.stats.swap_in_bytes += job.num_bytes
         pending = PendingCopy(self.copy_engine.submit(job), seq_id, "in")
-        self._swap_in_counter += 1
-        entry.last_swap_in = self._swap_in_counter
         entry.location = "device"
         self._track(entry, pending, blocking)
 
@@ -226,12 +215,15 @@ class SwapManager:
             return
         if entry.in_flight is not None:
             pending = self._pending_of(entry.in_flight)
-            pending.free_device += [k for k in (entry.device_key,) if k is not None]
-            pending.free_host += [k for k in (entry.host_key,) if k is not None]
+            if entry.device_key is not None:
+                pending.free_device.append(entry.device_key)
+            pending.drop_host = True
             return
         if entry.device_key is not None:
             self.device.free(entry.device_key)
-        self._free_host(entry)
+        copy = self.host_copies.record(seq_id)
+        if copy is not None and not copy.in_flight:  # in flight: an earlier stay's copy drops it on landing
+            self.host_copies.drop(seq_id)
 
     def poll(self) -> list[Hashable]:
         landed: list[Hashable] = []
@@ -255,8 +247,9 @@ class SwapManager:
 
     # ---- helpers ------------------------------------------------------------------------------
 
-    def _job(self, direction: str, src: list, dst: list) -> CopyJob:
-        job = CopyJob(direction, tuple(pair_runs(src, dst)), self.per_layer, self.num_layers, self.block_bytes)
+    def _job(self, direction: str, src_blocks: list[int], dst_blocks: list[int]) -> CopyJob:
+        pairs = tuple(CopyPair(*piece) for piece in copy_runs(src_blocks, dst_blocks))
+        job = CopyJob(direction, pairs, self.per_layer, self.num_layers, self.block_bytes)
         self.stats.copy_calls += job.num_calls
         return job
 
@@ -275,45 +268,19 @@ class SwapManager:
         self._pending.remove(pending)
         for key in pending.free_device:
             self.device.free(key)
-        for key in pending.free_host:
-            self.host.free(key)
-        entry = self._seqs.get(pending.seq_id)
-        if entry is None or entry.in_flight is not pending.handle:
+        if pending.direction == "out":
+            self.host_copies.finish_swap_out(pending.seq_id, pending.num_full_blocks)
+        else:
+            self.host_copies.finish_swap_in(pending.seq_id)  # keeps full blocks with kv_reuse, else frees
+        if pending.drop_host:
+            self.host_copies.drop(pending.seq_id)
             return []
+        entry = self._seqs[pending.seq_id]
         entry.in_flight = None
-        if pending.direction != "in" or entry.location != "device":
-            return []
-        if not self.kv_reuse:
-            # Without reuse the host copy goes once the device copy is whole. (A request preempted
-            # while its swap-in was in flight is back on the host and keeps it.)
-            self._free_host(entry)
-        return [pending.seq_id]
+        return [pending.seq_id] if pending.direction == "in" else []
 
     def _pending_of(self, handle: CopyHandle) -> PendingCopy:
         return next(p for p in self._pending if p.handle is handle)
-
-    def _host_blocks_needed(self, entry: SequenceKV, num_tokens: int) -> int:
-        if self.kv_reuse and entry.host_key is not None:
-            return self.host.blocks_needed(entry.host_key, num_tokens)
-        return self.host.blocks_for_tokens(num_tokens)
-
-    def _drop_lru_host_copy(self, exclude: Hashable) -> bool:
-        kept = [
-            (e.last_swap_in, seq_id)
-            for seq_id, e in self._seqs.items()
-            if seq_id != exclude and e.location == "device" and e.host_key is not None and e.in_flight is None
-        ]
-        if not kept:
-            return False
-        _, seq_id = min(kept)
-        self._free_host(self._seqs[seq_id])
-        self.stats.host_copies_dropped += 1
-        return True
-
-    def _free_host(self, entry: SequenceKV) -> None:
-        if entry.host_key is not None:
-            self.host.free(entry.host_key)
-        entry.host_key, entry.host_valid_tokens = None, 0
 
     def _new_key(self, seq_id: Hashable) -> tuple:
         self._epoch += 1

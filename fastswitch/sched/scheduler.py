@@ -204,9 +204,12 @@ class Scheduler:
         return True
 
     def _lowest_ranked_resident(self, order: list[Request], index: int) -> Request | None:
+        # A request whose swap-in is still landing is left alone: its blocks free up soon enough
+        # when it runs, and evicting it would throw the copy away.
         for request in reversed(order[index + 1 :]):
-            if request.status is RequestStatus.RUNNING and self.kv.location(request.seq_id) == "device":
-                return request
+            if request.status is RequestStatus.RUNNING and self.kv.is_ready(request.seq_id):
+                if self.kv.location(request.seq_id) == "device":
+                    return request
         return None
 
     def _evict_idle_context(self, out: SchedulerOutput) -> bool:
@@ -224,7 +227,6 @@ class Scheduler:
     def _preempt(self, request: Request, out: SchedulerOutput, now: float) -> None:
         request.metrics.num_preemptions += 1
         request.swap_in_issued_at = None
-        # A request preempted while its swap-in is in flight goes back to its intact host copy.
         if self._swap_out(request.seq_id, request.num_computed_tokens):
             request.status = RequestStatus.SWAPPED
             out.swapped_out.append(request.request_id)

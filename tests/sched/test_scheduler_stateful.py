@@ -92,16 +92,22 @@ class EngineMachine(RuleBasedStateMachine):
     @invariant()
     def blocks_balance(self):
         manager = self.engine.swap_manager
-        for pool, key_attr, pending_attr in (
-            (manager.device, "device_key", "free_device"),
-            (manager.host, "host_key", "free_host"),
-        ):
-            owned = [getattr(e, key_attr) for e in manager._seqs.values() if getattr(e, key_attr) is not None]
-            owned += [k for p in manager._pending for k in getattr(p, pending_attr)]
-            assert len(owned) == len(set(owned))
-            assert sorted(owned, key=repr) == sorted(pool.seq_ids(), key=repr)
-            held = sum(pool.num_blocks_of(k) for k in owned)
-            assert held + pool.num_free == pool.num_blocks
+        device, host = manager.device, manager.host
+        # Device: every allocated block belongs to a sequence's current stay or to a copy in flight.
+        owned = [e.device_key for e in manager._seqs.values() if e.device_key is not None]
+        owned += [k for p in manager._pending for k in p.free_device]
+        assert len(owned) == len(set(owned))
+        assert sorted(owned, key=repr) == sorted(device.seq_ids(), key=repr)
+        assert sum(device.num_blocks_of(k) for k in owned) + device.num_free == device.num_blocks
+        # Host: every copy belongs to a known sequence, or to one dropped while its copy lands.
+        landing_drops = {p.seq_id for p in manager._pending if p.drop_host}
+        for seq_id in host.seq_ids():
+            assert seq_id in manager.host_copies
+            assert seq_id in manager._seqs or seq_id in landing_drops
+        for seq_id, entry in manager._seqs.items():
+            if entry.location == "host":
+                assert manager.host_copies.record(seq_id).phase in ("swapping_out", "swapped_out")
+        assert sum(host.num_blocks_of(k) for k in host.seq_ids()) + host.num_free == host.num_blocks
 
     @invariant()
     def live_requests_are_placed(self):
