@@ -52,13 +52,19 @@ def store_kv(
     reference.store_kv(key, value, k_cache, v_cache, slot_mapping)
 
 
-def pack_blocks(cache: torch.Tensor, runs: list[tuple[int, int]], backend: str = "auto") -> torch.Tensor:
-    """Gather block runs (start, length) of the block-major cache into one contiguous staging tensor."""
+def pack_blocks(
+    cache: torch.Tensor, runs: list[tuple[int, int]], backend: str = "auto", *, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Gather block runs (start, length) of the block-major cache into one contiguous staging tensor.
+
+    cache [num_blocks, num_layers, 2, block_size, Hkv, D] contiguous; returns [total, num_layers, 2,
+    block_size, Hkv, D], written into `out` when given (a staging buffer reused across swaps).
+    """
     if resolve_backend(backend, cache.device) == "triton":
         from fastswitch.kernels.triton_block_copy import pack_blocks_triton
 
-        return pack_blocks_triton(cache, runs)
-    return reference.pack_blocks(cache, runs)
+        return pack_blocks_triton(cache, runs, out)
+    return reference.pack_blocks(cache, runs, out)
 
 
 def unpack_blocks(staging: torch.Tensor, cache: torch.Tensor, runs: list[tuple[int, int]], backend: str = "auto") -> None:

@@ -151,6 +151,11 @@ def check_block_major_cache(cache: torch.Tensor) -> None:
         raise ValueError("cache must be contiguous: a run of blocks is then one byte range")
 
 
+def new_staging(cache: torch.Tensor, total_blocks: int) -> torch.Tensor:
+    """An empty staging tensor for total_blocks blocks of `cache`: the layout check_staging accepts."""
+    return torch.empty((total_blocks, *cache.shape[1:]), dtype=cache.dtype, device=cache.device)
+
+
 def check_staging(staging: torch.Tensor, cache: torch.Tensor, total_blocks: int) -> None:
     expected = (total_blocks, *cache.shape[1:])
     if tuple(staging.shape) != expected:

@@ -16,6 +16,7 @@ from fastswitch.kernels.checks import (
     check_paged_attention,
     check_runs,
     check_staging,
+    new_staging,
     check_store_kv,
 )
 
@@ -46,18 +47,19 @@ def paged_attention(
             continue
         num_used_blocks = -(-seq_len // block_size)
         block_ids = block_tables[b, :num_used_blocks].long()
-        # Gather the sequence's blocks into one contiguous [L, Hkv, D] run of keys and values.
-        keys = k_cache[block_ids].flatten(0, 1)[:seq_len].float()
-        values = v_cache[block_ids].flatten(0, 1)[:seq_len].float()
+        # Gather the sequence's blocks into contiguous [Hkv, L, D] keys and values.
+        keys = rearrange(k_cache[block_ids].flatten(0, 1)[:seq_len].float(), "l h d -> h l d")
+        values = rearrange(v_cache[block_ids].flatten(0, 1)[:seq_len].float(), "l h d -> h l d")
         start = layout.query_start_loc[b]
-        # Query heads that share a KV head are grouped: [q_len, Hq, D] -> [Hkv, group, q_len, D].
-        queries = rearrange(q[start : start + query_len].float(), "t (h g) d -> h g t d", h=num_kv_heads)
-        scores = torch.einsum("hgtd,lhd->hgtl", queries, keys) * scale
+        # Query heads sharing a KV head become rows of one matrix product: [Hkv, group * q_len, D].
+        queries = rearrange(q[start : start + query_len].float(), "t (h g) d -> h (g t) d", h=num_kv_heads)
+        scores = (queries @ keys.transpose(1, 2) * scale).view(num_kv_heads, -1, query_len, seq_len)
+        # Causal by position: the queries are the last query_len tokens of the sequence.
         query_pos = torch.arange(seq_len - query_len, seq_len, device=q.device)
-        key_pos = torch.arange(seq_len, device=q.device)
-        scores.masked_fill_(key_pos[None, :] > query_pos[:, None], float("-inf"))
-        attended = torch.einsum("hgtl,lhd->hgtd", torch.softmax(scores, dim=-1), values)
-        out[start : start + query_len] = rearrange(attended, "h g t d -> t (h g) d").to(q.dtype)
+        hidden = torch.arange(seq_len, device=q.device)[None, :] > query_pos[:, None]
+        scores.masked_fill_(hidden, float("-inf"))
+        attended = torch.softmax(scores, dim=-1).flatten(1, 2) @ values
+        out[start : start + query_len] = rearrange(attended, "h (g t) d -> t (h g) d", t=query_len).to(q.dtype)
     return out
 
 
@@ -70,18 +72,20 @@ def store_kv(
 ) -> None:
     """Write one layer's new K and V [T, Hkv, D] into cache slots (slot = block_id * block_size + offset)."""
     check_store_kv(key, value, k_cache, v_cache, slot_mapping)
-    block_size = k_cache.shape[1]
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     block_ids, offsets = slot_mapping // block_size, slot_mapping % block_size
     # Advanced indexing on a strided view writes through to the block-major cache.
     k_cache[block_ids, offsets] = key
     v_cache[block_ids, offsets] = value
 
 
-def pack_blocks(cache: torch.Tensor, runs: list[tuple[int, int]]) -> torch.Tensor:
-    """Gather block runs of the block-major cache [N, layers, 2, bs, Hkv, D] into one contiguous tensor."""
+def pack_blocks(cache: torch.Tensor, runs: list[tuple[int, int]], out: torch.Tensor | None = None) -> torch.Tensor:
+    """Gather block runs of the block-major cache [N, layers, 2, bs, Hkv, D] into one contiguous tensor
+    (into `out` when given, e.g. a reused staging buffer)."""
     check_block_major_cache(cache)
     total = check_runs(runs, cache.shape[0])
-    staging = torch.empty((total, *cache.shape[1:]), dtype=cache.dtype, device=cache.device)
+    staging = new_staging(cache, total) if out is None else out
+    check_staging(staging, cache, total)
     offset = 0
     for start, length in runs:
         staging[offset : offset + length].copy_(cache[start : start + length])

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from fastswitch.kernels.attention_plan import next_power_of_two
-from fastswitch.kernels.checks import check_block_major_cache, check_runs, check_staging
+from fastswitch.kernels.checks import check_block_major_cache, check_runs, check_staging, new_staging
 from fastswitch.kernels.dispatch import triton_interpreting
 
 WORDS_PER_PROGRAM_GPU = 4096  # 16 KiB per program: enough in flight per SM, many programs per block
@@ -65,11 +65,12 @@ def _copy_blocks(src: torch.Tensor, dst: torch.Tensor, src_ids: torch.Tensor, ds
     )
 
 
-def pack_blocks_triton(cache: torch.Tensor, runs: list[tuple[int, int]]) -> torch.Tensor:
+def pack_blocks_triton(cache: torch.Tensor, runs: list[tuple[int, int]], out: torch.Tensor | None = None) -> torch.Tensor:
     """The Triton twin of `reference.pack_blocks`."""
     check_block_major_cache(cache)
     total = check_runs(runs, cache.shape[0])
-    staging = torch.empty((total, *cache.shape[1:]), dtype=cache.dtype, device=cache.device)
+    staging = new_staging(cache, total) if out is None else out
+    check_staging(staging, cache, total)
     if total:
         _copy_blocks(cache, staging, _run_block_ids(runs), torch.arange(total, dtype=torch.int32))
     return staging

@@ -82,3 +82,14 @@ def test_pack_rejects_a_cache_that_is_not_block_major(backend: str) -> None:
         pack_blocks(cache[:, :, :, :8], [(0, 1)], backend=backend)
     with pytest.raises(ValueError, match="expected"):
         pack_blocks(torch.zeros(6, 2, 8, 16), [(0, 1)], backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pack_into_a_given_buffer_reuses_it(backend: str) -> None:
+    cache = random_bits((6, 1, 2, 8, 1, 16), torch.float16, seed=3)
+    buffer = torch.zeros(3, 1, 2, 8, 1, 16, dtype=torch.float16)
+    staging = pack_blocks(cache, [(4, 2), (1, 1)], backend=backend, out=buffer)
+    assert staging.data_ptr() == buffer.data_ptr()
+    assert torch.equal(bits(buffer), bits(cache[[4, 5, 1]]))
+    with pytest.raises(ValueError, match="staging has shape"):
+        pack_blocks(cache, [(0, 2)], backend=backend, out=buffer)
