@@ -82,8 +82,10 @@ def run_jobs(jobs: Sequence[Job], processes: int | None = None, ray_address: str
     workers = min(processes or os.cpu_count() or 1, len(jobs))
     if workers <= 1:
         return [run_job(job, progress=progress) for job in jobs]
-    # Fresh interpreters, not forks: the parent may hold threads (tqdm's monitor, torch's pools).
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    # Forked workers start at once with every module imported (a spawned one re-imports torch and
+    # transformers, ~10 s). Simulations touch no torch kernels, so torch's thread pools are no hazard.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(workers) as pool:
         results = list(tqdm(pool.imap(run_job, jobs), total=len(jobs), desc="simulations", disable=not progress))
     return results
 
