@@ -4,6 +4,12 @@ An `Experiment` fixes the model, the hardware, the workload and the engine setti
 lists the engine variants to compare, each a preset name ("vllm", "fastswitch") or an ablation step
 written "vllm+block_groups+async_swap" (the vllm preset with those mechanisms switched on).
 
+Load: the paper states "Poisson arrivals at 1 request/s". `rate` is read as requests, i.e. turns, per
+second: conversations start at rate / mean turns (1 / 5.5 per second), and each next turn follows its
+answer after a think time. Reading it as one new *conversation* per second instead would ask for
+about 1,860 generated tokens/s, several times what the simulated A10 serves with Llama-3-8B (its
+~34k-token KV pool holds only ~15 multi-turn contexts), so every queue would grow without bound.
+
 Sizing follows vLLM 0.3.3, the paper's baseline: the device KV pool is what remains of
 `gpu_memory_utilization` (0.9) of device memory after the weights and an activation reserve, and the
 host pool is the paper's 60 GB of swap space per GPU.
@@ -17,6 +23,7 @@ from dataclasses import dataclass, field
 from fastswitch.config import PRESETS, EngineConfig
 from fastswitch.sim.hardware import GB, HardwareProfile, get_profile
 from fastswitch.sim.model_shapes import ModelShape, get_model_shape
+from fastswitch.workloads import MULTI_ROUND_SHAREGPT_MEAN_TURNS
 
 MECHANISMS = ("block_groups", "async_swap", "kv_reuse")
 # The paper's ablation adds one mechanism at a time to the vLLM baseline.
@@ -34,14 +41,22 @@ class Experiment:
     hardware: str
     presets: tuple[str, ...] = ("vllm", "fastswitch")
     num_conversations: int = 1000
-    rate: float = 1.0  # conversation arrivals per second
+    rate: float = 1.0  # requests (turns) per second; conversations start at rate / mean turns
     seeds: tuple[int, ...] = (0,)
-    rates: tuple[float, ...] = ()  # a sweep over arrival rates when not empty
+    rates: tuple[float, ...] = ()  # a sweep over request rates when not empty
     host_swap_gb: float = 60.0
     gpu_memory_utilization: float = 0.9
     engine: dict = field(default_factory=dict)  # EngineConfig overrides shared by every preset
     workload: dict = field(default_factory=dict)  # synthetic_sharegpt overrides
     description: str = ""
+
+    @property
+    def mean_turns(self) -> float:
+        return self.workload.get("mean_turns", MULTI_ROUND_SHAREGPT_MEAN_TURNS)
+
+    def conversation_rate(self, request_rate: float) -> float:
+        """Conversation arrivals per second that give request_rate turns per second on average."""
+        return request_rate / self.mean_turns
 
     def replace(self, **changes) -> "Experiment":
         return dataclasses.replace(self, **changes)
@@ -114,7 +129,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     ),
     # A small run for smoke tests and the README's quick start: 50 conversations in seconds.
     "smoke": Experiment(
-        "smoke", "llama-3-8b", "a10", num_conversations=50, rate=2.0,
+        "smoke", "llama-3-8b", "a10", num_conversations=50, rate=5.0,
         engine={**_PAPER_ENGINE, "priority_update_freq": 0.04},
         description="50 conversations of the llama8b-a10 setup, for a quick check",
     ),

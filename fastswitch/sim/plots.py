@@ -36,7 +36,7 @@ def plot_latency_cdfs(results: Sequence[dict], path: Path) -> Path:
         ax.set_ylabel("CDF")
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle(f"{results[0]['experiment']}: latency CDFs at {rate:g} conv/s, seed {seed}")
+    fig.suptitle(f"{results[0]['experiment']}: latency CDFs at {rate:g} req/s, seed {seed}")
     return _save(fig, path)
 
 
@@ -58,7 +58,7 @@ def plot_improvements(results: Sequence[dict], path: Path) -> Path:
     ax.set_xticks(np.arange(len(names)) + width * (len(by_preset) - 1) / 2, names)
     ax.set_ylabel("x better than vllm")
     ax.legend()
-    ax.set_title(f"{results[0]['experiment']}: improvement over vllm at {rate:g} conv/s")
+    ax.set_title(f"{results[0]['experiment']}: improvement over vllm at {rate:g} req/s")
     return _save(fig, path)
 
 
@@ -72,7 +72,7 @@ def plot_rate_sweep(results: Sequence[dict], path: Path) -> Path:
             rates = sorted({r["rate"] for r in results if r["preset"] == preset})
             values = [np.mean([r[key] for r in results if r["preset"] == preset and r["rate"] == x]) for x in rates]
             ax.plot(rates, values, marker="o", label=preset)
-        ax.set_xlabel("arrival rate (conversations/s)")
+        ax.set_xlabel("request rate (turns/s)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend()

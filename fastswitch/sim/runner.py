@@ -45,8 +45,8 @@ def run_job(job: Job, progress: bool = False) -> dict:
     exp = job.experiment
     config = exp.engine_config(job.preset, job.seed)
     workload_settings = {"max_context_tokens": config.max_model_len or 8192, **exp.workload}
-    workload = synthetic_sharegpt(num_conversations=exp.num_conversations, rate=job.rate, seed=job.seed,
-                                  **workload_settings)  # fmt: skip
+    workload = synthetic_sharegpt(num_conversations=exp.num_conversations, rate=exp.conversation_rate(job.rate),
+                                  seed=job.seed, **workload_settings)  # fmt: skip
     result = simulate(config, exp.model_shape(), exp.hardware_profile(), workload, progress=progress)
     return {"experiment": exp.name, "model": exp.model, "hardware": exp.hardware, "preset": job.preset,
             "seed": job.seed, "rate": job.rate, "num_conversations": exp.num_conversations,

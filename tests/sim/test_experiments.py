@@ -34,3 +34,9 @@ def test_bad_names_raise():
         get_experiment("smoke").engine_config("vllm+warp", seed=0)
     with pytest.raises(ValueError, match="leaves no room"):
         get_experiment("smoke").replace(model="qwen2.5-32b").kv_pool_blocks(16)
+
+
+def test_request_rate_is_turns_per_second():
+    exp = get_experiment("llama8b-a10")
+    assert exp.conversation_rate(1.0) == pytest.approx(1 / 5.5)
+    assert exp.replace(workload={"mean_turns": 2.0}).conversation_rate(3.0) == 1.5
