@@ -1,0 +1,99 @@
+"""ServingEngine: an Engine over a loaded model, with the tokenizer that turns text and chats into ids.
+
+The CLI, the HTTP server and the examples all need the same thing: a model named by the user (or the
+default), the preemptive Engine behind it with a preset and overrides, and text in and out. The
+engine itself speaks token ids only; this record adds the tokenizer side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastswitch.config import EngineConfig
+from fastswitch.engine import Engine
+from fastswitch.models.llama import max_supported_len
+from fastswitch.models.loader import load_model, resolve_device
+from fastswitch.models.runner import default_num_blocks, kv_cache_spec
+from fastswitch.server.model_sources import resolve_model
+
+# On CPU the default model's full 8k context would size a pool nobody uses; chat turns are short.
+DEFAULT_CPU_MAX_MODEL_LEN = 2048
+
+
+@dataclass
+class ServingEngine:
+    engine: Engine
+    tokenizer: object  # a transformers tokenizer
+    model_name: str
+    max_model_len: int
+
+    @classmethod
+    def load(
+        cls, model: str | Path | None = None, preset: str = "fastswitch", progress: bool = True, **overrides
+    ) -> "ServingEngine":
+        """model: a checkpoint folder, a .gguf file, "tiny-random", or None for SmolLM2-135M-Instruct.
+
+        overrides: EngineConfig fields. Raises ValueError for a bad field, a missing model, a model
+        without a tokenizer, or a max_model_len beyond the model's limit, before loading weights
+        where it can.
+        """
+        config = EngineConfig.from_preset(preset, **overrides)
+        source = resolve_model(model)
+        device = resolve_device(config.device)
+        loaded = load_model(source, dtype=config.dtype, device=device, progress=progress)
+        if loaded.tokenizer is None:
+            raise ValueError(f"model {str(source)!r} has no tokenizer files; serving text needs one")
+        limit = max_supported_len(loaded.hf_config)
+        if config.max_model_len is not None and config.max_model_len > limit:
+            raise ValueError(f"max_model_len={config.max_model_len} exceeds the model's limit of {limit} tokens")
+        max_model_len = config.max_model_len or (min(limit, DEFAULT_CPU_MAX_MODEL_LEN) if device.type == "cpu" else limit)
+        num_gpu_blocks = config.num_gpu_blocks or default_num_blocks(
+            kv_cache_spec(loaded.model), config.block_size, config.max_num_seqs, max_model_len, device
+        )
+        tokenizer = loaded.tokenizer
+        engine = Engine.for_model(
+            loaded.model, config, max_model_len, num_gpu_blocks, eos_token_ids=loaded.eos_token_ids,
+            detokenize=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+        )  # fmt: skip
+        return cls(engine, tokenizer, Path(str(source)).name, max_model_len)
+
+    def encode(self, text: str) -> list[int]:
+        """A plain prompt, with the tokenizer's own special tokens (BOS where the model uses one)."""
+        return list(self.tokenizer(text)["input_ids"])
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """A conversation rendered by the checkpoint's chat template, ending with the assistant's cue."""
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise ValueError(f"model {self.model_name!r} has no chat template; use a plain prompt instead")
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])  # the template holds them
+
+    def encode_chat_turn(self, history: list[dict], message: str, answer_ended_with_stop: bool) -> list[int]:
+        """The tokens a conversation's next user message appends to its KV context.
+
+        history: the messages so far, the last one the assistant's answer as generated (its context
+        is the earlier prompt plus exactly those tokens). The template renders the whole conversation;
+        the new tokens are what it puts after that answer: its closing marker (unless the model
+        already produced it as the stop token), the user's message and the assistant's cue.
+        """
+        new_turn = {"role": "user", "content": message}
+        if not history:
+            return self.encode_chat([new_turn])
+        answer = history[-1]["content"].strip()  # templates may trim whitespace around a message
+        before = self.tokenizer.apply_chat_template(history, add_generation_prompt=False, tokenize=False)
+        full = self.tokenizer.apply_chat_template(history + [new_turn], add_generation_prompt=True, tokenize=False)
+        end = before.rfind(answer) + len(answer)
+        if history[-1].get("role") != "assistant" or not full.startswith(before[:end]):
+            raise ValueError("the history must end with the assistant's answer, as the template renders it")
+        continuation = full[end:]
+        eos_text = self.tokenizer.decode(self.engine.eos_token_ids[:1]) if self.engine.eos_token_ids else ""
+        if answer_ended_with_stop and eos_text and continuation.startswith(eos_text):
+            continuation = continuation[len(eos_text) :]  # the model's own stop token already closed the answer
+        return list(self.tokenizer(continuation, add_special_tokens=False)["input_ids"])
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def close(self) -> None:
+        self.engine.close()

@@ -1,0 +1,52 @@
+"""Turns a request's growing token list into text pieces for streaming, with OpenAI's `stop` strings.
+
+Decoding token by token is wrong for byte-level vocabularies: one character may span tokens (the
+first half decodes to U+FFFD), and a tokenizer may merge spaces differently once more tokens
+follow. So the whole output is decoded again on each update and only the new suffix is sent, and a
+trailing U+FFFD is held back until the next token completes it.
+
+Stop strings are matched on the text. Text that could be the start of a stop string is held back
+too, so a client never receives part of a stop string it asked never to see.
+"""
+
+from __future__ import annotations
+
+REPLACEMENT_CHAR = "\ufffd"
+
+
+class TextStream:
+    def __init__(self, decode, stop_strings: list[str] = ()) -> None:
+        self._decode = decode  # token ids -> text, special tokens skipped
+        self.stop_strings = list(stop_strings)
+        self.token_ids: list[int] = []
+        self.sent = ""  # text handed out so far
+        self.stopped = False  # a stop string was found: the request should end now
+
+    @property
+    def holdback(self) -> int:
+        return max((len(s) for s in self.stop_strings), default=1) - 1
+
+    def push(self, new_token_ids: list[int], finish_reason: str | None) -> str:
+        """Adds tokens; returns the text that may be sent now. At the end (finish_reason set) it returns
+        the rest. finish_reason "stop" means the last token is the stop token, which is not text."""
+        self.token_ids.extend(new_token_ids)
+        ids = self.token_ids[:-1] if finish_reason == "stop" and self.token_ids else self.token_ids
+        text = self._decode(ids)
+        cut = self._first_stop(text)
+        if cut is not None:
+            text, self.stopped = text[:cut], True
+        final = finish_reason is not None or self.stopped
+        if not final:
+            if text.endswith(REPLACEMENT_CHAR):
+                text = text.rstrip(REPLACEMENT_CHAR)
+            text = text[: max(len(self.sent), len(text) - self.holdback)]
+        # Deltas always extend what was sent; if a re-decode ever rewrote sent text (a tokenizer's
+        # clean-up), the client keeps the old version rather than receiving a contradiction.
+        delta = text[len(self.sent) :]
+        self.sent += delta
+        return delta
+
+    def _first_stop(self, text: str) -> int | None:
+        found = [i for i in (text.find(s) for s in self.stop_strings) if i >= 0]
+        return min(found) if found else None
+
