@@ -60,10 +60,12 @@ def plan_attention(
     group = num_q_heads // num_kv_heads
     group_pad = next_power_of_two(group)
     max_query_len = max((layout.query_len(b) for b in range(layout.num_seqs)), default=0)
-    # Decode (one query per sequence) keeps one token per tile; prefill stacks tokens up to PREFILL_ROWS rows.
-    block_q = min(next_power_of_two(max(1, max_query_len)), max(1, PREFILL_ROWS // group_pad))
-    block_m = max(MIN_DOT_SIZE, block_q * group_pad)
     head_dim_pad = max(MIN_DOT_SIZE, next_power_of_two(head_dim))
+    # Decode (one query per sequence) keeps one token per tile; prefill stacks tokens up to
+    # PREFILL_ROWS rows, half as many for 256-wide heads so the tiles fit 100 KB of shared memory.
+    prefill_rows = PREFILL_ROWS // 2 if head_dim_pad >= 256 else PREFILL_ROWS
+    block_q = min(next_power_of_two(max(1, max_query_len)), max(1, prefill_rows // group_pad))
+    block_m = max(MIN_DOT_SIZE, block_q * group_pad)
     # Keep a [block_n, head_dim] K and V tile in registers: fewer keys per step for wide heads.
     block_n = 32 if head_dim_pad >= 256 else 64
     work_items = [
