@@ -21,6 +21,15 @@ from fastswitch.models.sampling import SamplingParams
 PARAMS = SamplingParams(max_tokens=10, ignore_eos=True)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny forwards: with other jobs on the same cores, intra-op threads only spin against them.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
