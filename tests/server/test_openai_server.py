@@ -1,0 +1,169 @@
+"""The server through the official `openai` client: answers, streams, errors, and disconnects."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx2 as httpx  # the HTTP client the openai package is built on
+import openai
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+from server_harness import running_server
+
+LONG = {"ignore_eos": True}  # the random model may sample its EOS early; these tests want exact lengths
+
+
+def client(base_url: str, **kwargs) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60, **kwargs)
+
+
+def test_models_lists_the_served_model(server):
+    base_url, _ = server
+    models = client(base_url).models.list()
+    assert [m.id for m in models.data] == ["tiny"]
+
+
+def test_greedy_completion_equals_transformers_generate(server, tiny_model):
+    base_url, _ = server
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    prompt_ids = tokenizer("The quick brown fox")["input_ids"]
+    reference = LlamaForCausalLM.from_pretrained(tiny_model).eval()
+    with torch.no_grad():
+        generated = reference.generate(torch.tensor([prompt_ids]), max_new_tokens=12, do_sample=False,
+                                       min_new_tokens=12)  # fmt: skip
+    expected = tokenizer.decode(generated[0, len(prompt_ids) :], skip_special_tokens=True)
+    out = client(base_url).completions.create(model="tiny", prompt="The quick brown fox", max_tokens=12,
+                                              temperature=0, extra_body=LONG)  # fmt: skip
+    assert out.choices[0].text == expected
+    assert out.choices[0].finish_reason == "length"
+    assert (out.usage.prompt_tokens, out.usage.completion_tokens) == (len(prompt_ids), 12)
+
+
+def test_chat_stream_concatenates_to_the_non_streamed_answer(server):
+    base_url, _ = server
+    c = client(base_url)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
+    whole = c.chat.completions.create(model="tiny", messages=messages, max_tokens=10, temperature=0, extra_body=LONG)
+    stream = c.chat.completions.create(model="tiny", messages=messages, max_tokens=10, temperature=0, stream=True,
+                                       stream_options={"include_usage": True}, extra_body=LONG)  # fmt: skip
+    chunks = list(stream)
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert text == whole.choices[0].message.content
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens == 10
+
+
+def test_stop_string_ends_the_answer_before_it(server):
+    base_url, _ = server
+    c = client(base_url)
+    full = c.completions.create(model="tiny", prompt="abc", max_tokens=30, temperature=0, extra_body=LONG)
+    text = full.choices[0].text
+    stop = text[5:7]  # cut in the middle of what greedy decoding says
+    assert len(stop) == 2
+    cut = c.completions.create(model="tiny", prompt="abc", max_tokens=30, temperature=0, stop=[stop], extra_body=LONG)
+    assert cut.choices[0].text == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, status, param",
+    [
+        (dict(max_tokens=0), 400, "max_tokens"),
+        (dict(max_tokens=600), 400, "max_tokens"),  # 600 > max_model_len=512
+        (dict(temperature=-1.0), 400, "temperature"),
+        (dict(n=2), 400, "n"),
+        (dict(model="gpt-4"), 404, "model"),
+    ],
+)
+def test_bad_requests_get_openai_errors(server, request_kwargs, status, param):
+    base_url, _ = server
+    kwargs = {"model": "tiny", "prompt": "hi", "max_tokens": 4, **request_kwargs}
+    with pytest.raises(openai.APIStatusError) as info:
+        client(base_url).completions.create(**kwargs)
+    assert info.value.status_code == status
+    error = info.value.body if "message" in info.value.body else info.value.body["error"]
+    assert error["param"] == param and error["message"] and error["type"]
+
+
+def test_malformed_bodies_get_openai_errors(server):
+    base_url, _ = server
+    missing = httpx.post(f"{base_url}/v1/chat/completions", json={"model": "tiny"})
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "messages"
+    not_json = httpx.post(f"{base_url}/v1/completions", content=b"{nope", headers={"content-type": "application/json"})
+    assert not_json.status_code == 400 and set(not_json.json()["error"]) == {"message", "type", "param", "code"}
+    nowhere = httpx.get(f"{base_url}/v1/engines")
+    assert nowhere.status_code == 404 and nowhere.json()["error"]["type"] == "not_found_error"
+
+
+def test_many_concurrent_streams_under_preemption_all_complete(tiny_model):
+    # 8 blocks of 16 tokens for 10 clients of ~40 tokens each: the scheduler must swap contexts out.
+    prompts = [f"Client {i} asks question number {i}?" for i in range(10)]
+    with running_server(tiny_model, num_gpu_blocks=8, max_num_seqs=4, policy="vtc") as (base_url, app):
+        alone = [
+            client(base_url).completions.create(model="tiny", prompt=p, max_tokens=24, temperature=0,
+                                                extra_body=LONG).choices[0].text
+            for p in prompts
+        ]  # fmt: skip
+
+        def stream(i: int) -> tuple[str, str | None]:
+            c = client(base_url, default_headers={"X-Client-Id": f"client-{i}"})
+            chunks = c.completions.create(model="tiny", prompt=prompts[i], max_tokens=24, temperature=0, stream=True,
+                                          extra_body=LONG)  # fmt: skip
+            pieces = [(ch.choices[0].text, ch.choices[0].finish_reason) for ch in chunks]
+            return "".join(t for t, _ in pieces), pieces[-1][1]
+
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            results = list(pool.map(stream, range(len(prompts))))
+        stats = app.state.serving.engine.stats()
+    assert [text for text, _ in results] == alone
+    assert all(reason == "length" for _, reason in results)
+    assert stats["num_preemptions"] > 0 and stats["swap_out_count"] > 0
+    assert stats["num_free_gpu_blocks"] == stats["num_gpu_blocks"]
+
+
+def test_client_that_disconnects_mid_stream_frees_its_request_and_blocks(server):
+    base_url, app = server
+    aborted_before = app.state.engine_thread.num_aborted  # the stop-string test aborts one too
+    body = {"model": "tiny", "prompt": "Tell me a long story", "max_tokens": 400, "stream": True, "ignore_eos": True}
+    with httpx.Client(timeout=30) as http:
+        with http.stream("POST", f"{base_url}/v1/completions", json=body) as response:
+            events = response.iter_lines()
+            received = [line for line, _ in zip((e for e in events if e.startswith("data:")), range(3))]
+            assert len(received) == 3 and json.loads(received[0][5:])["choices"][0]["finish_reason"] is None
+            engine = app.state.serving.engine
+            assert engine.has_unfinished() and engine.stats()["num_free_gpu_blocks"] < engine.stats()["num_gpu_blocks"]
+        # Leaving the block closes the connection with the answer far from done.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (engine.has_unfinished() or app.state.engine_thread.num_aborted == aborted_before):
+        time.sleep(0.05)
+    stats = httpx.get(f"{base_url}/stats").json()
+    assert stats["num_aborted"] == aborted_before + 1 and stats["num_live_requests"] == 0
+    assert not engine.has_unfinished()
+    assert stats["num_free_gpu_blocks"] == stats["num_gpu_blocks"]
+
+
+def test_vtc_serves_a_new_client_before_another_clients_backlog(tiny_model):
+    # One sequence at a time: under fcfs the light client's request would wait for the whole backlog.
+    with running_server(tiny_model, num_gpu_blocks=64, max_num_seqs=1, policy="vtc") as (base_url, app):
+        heavy = client(base_url, default_headers={"X-Client-Id": "heavy"})
+        light = client(base_url)
+        done: dict[str, float] = {}
+
+        def ask(name: str, c: openai.OpenAI, max_tokens: int, user: str | None = None) -> None:
+            extra = {"user": user} if user else {}
+            c.completions.create(model="tiny", prompt=f"{name} asks", max_tokens=max_tokens, extra_body=LONG, **extra)
+            done[name] = time.monotonic()
+
+        with ThreadPoolExecutor(4) as pool:
+            backlog = [pool.submit(ask, f"heavy-{i}", heavy, 40) for i in range(3)]
+            while not app.state.serving.engine.stats()["num_steps"]:
+                time.sleep(0.005)  # the backlog is being served
+            pool.submit(ask, "light", light, 4, user="light").result()
+            for future in backlog:
+                future.result()
+    assert sum(done["light"] < done[f"heavy-{i}"] for i in range(3)) >= 2

@@ -1,0 +1,48 @@
+"""TextStream: streamed pieces add up to the decoded answer; stop strings and split characters are held back."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fastswitch.server.text_stream import TextStream
+
+STOP_ID = 999
+
+
+def decode_bytes(ids: list[int]) -> str:
+    """A byte-level 'tokenizer': one token per byte, so a character may span tokens."""
+    return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+texts = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
+
+
+@given(text=texts, split_points=st.lists(st.integers(0, 200), max_size=8), stop_token=st.booleans())
+def test_pieces_add_up_to_the_answer_and_never_hold_a_partial_character(text, split_points, stop_token):
+    ids = list(text.encode("utf-8")) + ([STOP_ID] if stop_token else [])
+    cuts = sorted({min(p, len(ids)) for p in split_points} | {0, len(ids)})
+    stream = TextStream(decode_bytes)
+    pieces = []
+    for start, end in zip(cuts, cuts[1:]):
+        final = end == len(ids)
+        pieces.append(stream.push(ids[start:end], ("stop" if stop_token else "length") if final else None))
+        if not final:
+            assert "\ufffd" not in stream.sent  # only valid UTF-8 is ever sent
+    if len(cuts) == 1:
+        pieces.append(stream.push([], "length"))
+    assert "".join(pieces) == text
+
+
+@given(before=texts, stop=st.text(alphabet="xyz", min_size=1, max_size=3), after=texts, step=st.integers(1, 5))
+def test_text_from_the_stop_string_on_is_never_sent(before, stop, after, step):
+    ids = list((before + stop + after).encode("utf-8"))
+    stream = TextStream(decode_bytes, [stop])
+    sent = ""
+    for start in range(0, len(ids), step):
+        sent += stream.push(ids[start : start + step], None)
+        if stream.stopped:
+            break
+    expected = before + stop + after
+    assert stream.stopped
+    assert sent == expected[: expected.index(stop)]
