@@ -13,7 +13,9 @@ What is fitted, and from what:
 - prefill steps (compute-bound): the median of FLOPs / (time - overhead) is the effective FLOP
   rate, hence `mfu` against the base profile's peak.
 Without a base profile the measured rates become the peaks, with efficiencies of 1. The printed
-table sets every measurement beside the calibrated profile's prediction.
+table sets every measurement beside the calibrated profile's prediction; with
+`--workload-conversations N` a small multi-turn workload then runs for real (wall clock) and in
+simulation on the calibrated profile, and their metrics are printed side by side.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from pathlib import Path
 import torch
 
 from fastswitch.cache.kv_cache import KVCache
+from fastswitch.config import EngineConfig
 from fastswitch.models.runner import ForwardChunk, ModelRunner
 from fastswitch.sim.cost_model import CostModel
 from fastswitch.sim.hardware import GB, HardwareProfile, get_profile
 from fastswitch.sim.model_shapes import ModelShape
-from fastswitch.sim.report import format_table
+from fastswitch.sim.report import HEADLINE_METRICS, format_table
+from fastswitch.workloads import Workload, synthetic_sharegpt
 
 COPY_SIZES = tuple(4096 * 4**i for i in range(8))  # 4 KiB .. 64 MiB
 DECODE_BATCHES = ((1, 64), (4, 256), (16, 256), (32, 256))  # (sequences, cached tokens each)
@@ -177,6 +181,23 @@ def prediction_rows(profile: HardwareProfile, shape: ModelShape, copies, decodes
     return rows
 
 
+def compare_with_real_run(model, shape: ModelShape, profile: HardwareProfile, workload: Workload,
+                          config: EngineConfig, max_model_len: int) -> list[dict]:  # fmt: skip
+    """Runs workload on the real engine (wall clock) and on the simulated one (profile); one row per
+    headline metric with both values. config needs num_gpu_blocks set."""
+    from fastswitch.engine import Engine
+    from fastswitch.sim.simulator import simulate
+    from fastswitch.sim.workload_driver import replay
+
+    engine = Engine.for_model(model, config, max_model_len, config.num_gpu_blocks)
+    replay(engine, workload, lambda t: time.sleep(max(0.0, t - time.monotonic())))
+    engine.close()
+    real = engine.stats()
+    simulated = simulate(config, shape, profile, workload)
+    keys = [*HEADLINE_METRICS, "ttft_p50", "tbt_p50", "num_preemptions", "swap_out_count", "duration"]
+    return [{"metric": k, "real": float(real[k]), "simulated": float(simulated[k])} for k in keys]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastswitch.sim.calibrate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="HF folder or .gguf (default: the embedded SmolLM2-135M)")
@@ -185,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", help="a built-in profile whose peaks the efficiencies refer to (e.g. a10)")
     parser.add_argument("--name", default="calibrated")
     parser.add_argument("--out", type=Path, required=True, help="where to write the profile JSON")
+    parser.add_argument("--workload-conversations", type=int, default=0,
+                        help="then run this many conversations for real and simulated, and compare")  # fmt: skip
+    parser.add_argument("--preset", default="fastswitch", help="engine preset of the comparison run")
     args = parser.parse_args(argv)
 
     from fastswitch.models.loader import load_model, resolve_device
@@ -209,6 +233,15 @@ def main(argv: list[str] | None = None) -> int:
                        ("what", "measured_ms", "predicted_ms", "error_%")))  # fmt: skip
     profile.to_json(args.out)
     print(f"\n{profile}\nwrote {args.out}")
+    if args.workload_conversations > 0:
+        max_model_len = 2048
+        workload = synthetic_sharegpt(args.workload_conversations, rate=0.5, seed=0, max_context_tokens=max_model_len,
+                                      think_time_mean=2.0, vocab_range=(0, loaded.model.vocab_size))  # fmt: skip
+        # A KV pool for about four full contexts, so that the comparison run preempts and swaps.
+        config = EngineConfig.from_preset(args.preset, num_gpu_blocks=4 * max_model_len // 16, max_model_len=max_model_len,
+                                          policy="priority", priority_update_freq=0.04)  # fmt: skip
+        rows = compare_with_real_run(loaded.model, shape, profile, workload, config, max_model_len)
+        print("\n" + format_table(rows, ("metric", "real", "simulated")))
     return 0
 
 

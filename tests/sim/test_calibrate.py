@@ -3,10 +3,20 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from fastswitch.models.loader import load_model
-from fastswitch.sim.calibrate import StepMeasurement, fit_line, fit_profile, measure_copies, measure_steps, prediction_rows
+from fastswitch.config import EngineConfig
+from fastswitch.sim.calibrate import (
+    StepMeasurement,
+    compare_with_real_run,
+    fit_line,
+    fit_profile,
+    measure_copies,
+    measure_steps,
+    prediction_rows,
+)
+from fastswitch.workloads import synthetic_sharegpt
 from fastswitch.sim.cost_model import CostModel
 from fastswitch.sim.hardware import HardwareProfile
-from fastswitch.sim.model_shapes import get_model_shape
+from fastswitch.sim.model_shapes import ModelShape, get_model_shape
 
 SHAPE = get_model_shape("smollm2-135m")
 # Ridge point 5e12 / 5e10 = 100 FLOP/B: decodes of up to 32 sequences are memory-bound and 256+ token
@@ -61,14 +71,33 @@ def test_flat_copy_times_are_rejected():
         fit_profile("bad", SHAPE, copies, decodes, prefills)
 
 
-def test_measurements_run_on_this_device():
+@pytest.fixture(scope="module")
+def tiny_model():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls on a shared 2-core machine: one thread is much faster
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
+    yield load_model(LlamaForCausalLM(config), dtype="float32", progress=False).model
+    torch.set_num_threads(threads)
+
+
+def test_measurements_run_on_this_device(tiny_model):
     """Shapes only: timings on a shared CPU are noise, and tests never assert on them."""
     copies = measure_copies(torch.device("cpu"), sizes=(4096, 65536), repeats=1)
     assert [b for b, _ in copies["h2d"]] == [4096, 65536] and all(s > 0 for _, s in copies["d2h"])
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
-    model = load_model(LlamaForCausalLM(config), dtype="float32", progress=False).model
+    model = tiny_model
     decodes, prefills = measure_steps(model, block_size=8, repeats=1, decode_batches=((1, 8), (2, 16)),
                                       prefill_lengths=(16,))  # fmt: skip
     assert [m.batch for m in decodes] == [((1, 8),), ((1, 16), (1, 16))]
     assert prefills[0].batch == ((16, 0),) and prefills[0].seconds > 0
+
+
+def test_real_and_simulated_runs_of_one_workload_are_set_side_by_side(tiny_model):
+    workload = synthetic_sharegpt(num_conversations=2, rate=50.0, seed=0, mean_prompt_tokens=12, mean_response_tokens=4,
+                                  think_time_mean=0.01, max_context_tokens=64, vocab_range=(0, 64))  # fmt: skip
+    config = EngineConfig.from_preset("fastswitch", num_gpu_blocks=32, block_size=8, max_model_len=64,
+                                      attention_backend="torch")  # fmt: skip
+    shape = ModelShape.from_hf_config(tiny_model.config, dtype_bytes=4)
+    rows = {r["metric"]: r for r in compare_with_real_run(tiny_model, shape, TRUE, workload, config, 64)}
+    assert set(rows) >= {"ttft_p99", "throughput_tokens_per_s", "num_preemptions"}
+    assert rows["ttft_p99"]["real"] > 0 and rows["ttft_p99"]["simulated"] > 0
