@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from fastswitch.kernels import reference
+from fastswitch.kernels.checks import BatchLayout
 from fastswitch.kernels.dispatch import BACKENDS, resolve_backend
 
 
@@ -21,18 +22,22 @@ def paged_attention(
     query_start_loc: torch.Tensor,
     scale: float | None = None,
     backend: str = "auto",
+    *,
+    layout: BatchLayout | None = None,
 ) -> torch.Tensor:
     """Causal attention of packed new tokens q [T, Hq, D] over the paged cache; returns [T, Hq, D].
 
     k_cache / v_cache [num_blocks, block_size, Hkv, D] (any strides); block_tables [B, max_blocks]
     int32; seq_lens [B] int32 = cached + new tokens; query_start_loc [B + 1] int32 cumulative. Query i
-    of sequence b sits at position seq_lens[b] - q_len_b + i. scale defaults to 1/sqrt(D).
+    of sequence b sits at position seq_lens[b] - q_len_b + i. scale defaults to 1/sqrt(D). `layout`:
+    host copies of query_start_loc and seq_lens, to spare a device sync per call (see BatchLayout).
     """
+    args = (q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)
     if resolve_backend(backend, q.device) == "triton":
         from fastswitch.kernels.triton_attention import paged_attention_triton
 
-        return paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)
-    return reference.paged_attention(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)
+        return paged_attention_triton(*args, layout=layout)
+    return reference.paged_attention(*args, layout=layout)
 
 
 def store_kv(
@@ -77,4 +82,4 @@ def unpack_blocks(staging: torch.Tensor, cache: torch.Tensor, runs: list[tuple[i
     reference.unpack_blocks(staging, cache, runs)
 
 
-__all__ = ["BACKENDS", "paged_attention", "store_kv", "pack_blocks", "unpack_blocks", "resolve_backend"]
+__all__ = ["BACKENDS", "BatchLayout", "paged_attention", "store_kv", "pack_blocks", "unpack_blocks", "resolve_backend"]

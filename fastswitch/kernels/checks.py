@@ -18,7 +18,13 @@ MAX_HEAD_DIM = 256
 
 @dataclass(frozen=True)
 class BatchLayout:
-    """The host-side view of a packed batch: where each sequence's queries lie and how long it is."""
+    """The host-side view of a packed batch: where each sequence's queries lie and how long it is.
+
+    paged_attention reads it from the device tensors (on a GPU, one synchronisation per call). A caller
+    that holds these lists already, as an engine does when it builds the batch, can pass them as
+    `paged_attention(..., layout=BatchLayout(...))` once for all layers of a step; the check that
+    block ids lie in the cache needs the device data and is then the caller's promise.
+    """
 
     query_start_loc: list[int]  # [B + 1], cumulative
     seq_lens: list[int]  # [B], cached + new tokens
@@ -52,11 +58,12 @@ def check_paged_attention(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     query_start_loc: torch.Tensor,
+    layout: BatchLayout | None = None,
 ) -> BatchLayout:
     """Check shapes, dtypes and the batch layout; return the layout as host lists.
 
-    The layout is read to the host in one transfer (on a GPU, one synchronisation): both backends need
-    it anyway, the torch twin to slice sequences and the Triton launcher to size its grid exactly.
+    Without `layout` it is read to the host in one transfer (on a GPU, one synchronisation): both
+    backends need it, the torch twin to slice sequences and the Triton launcher to size its grid.
     """
     if q.dim() != 3:
         raise ValueError(f"q has shape {tuple(q.shape)}; expected [T, Hq, D]")
@@ -89,12 +96,15 @@ def check_paged_attention(
     if query_start_loc.shape[0] != num_seqs + 1:
         raise ValueError(f"query_start_loc has {query_start_loc.shape[0]} entries; expected B + 1 = {num_seqs + 1}")
 
+    if layout is None:
+        layout = _read_layout(block_tables, seq_lens, query_start_loc, num_blocks)
+    elif len(layout.query_start_loc) != num_seqs + 1 or len(layout.seq_lens) != num_seqs:
+        raise ValueError(
+            f"layout holds {len(layout.query_start_loc)} query starts and {len(layout.seq_lens)} lengths; "
+            f"the batch has B={num_seqs} sequences"
+        )
     max_blocks = block_tables.shape[1]
-    extremes = [block_tables.min().view(1), block_tables.max().view(1)] if block_tables.numel() else []
-    host = torch.cat([query_start_loc, seq_lens, *extremes]).tolist()
-    starts, lens = host[: num_seqs + 1], host[num_seqs + 1 : 2 * num_seqs + 1]
-    if extremes and not 0 <= host[-2] <= host[-1] < num_blocks:
-        raise ValueError(f"block_tables holds ids in [{host[-2]}, {host[-1]}]; valid ids are [0, {num_blocks})")
+    starts, lens = layout.query_start_loc, layout.seq_lens
     if starts[0] != 0 or starts[-1] != num_tokens:
         raise ValueError(f"query_start_loc must run from 0 to T={num_tokens}; got {starts[0]}..{starts[-1]}")
     for b in range(num_seqs):
@@ -105,7 +115,19 @@ def check_paged_attention(
             raise ValueError(
                 f"seq_lens[{b}]={lens[b]} must lie in [q_len={query_len}, max_blocks * block_size={max_blocks * block_size}]"
             )
-    return BatchLayout(query_start_loc=starts, seq_lens=lens)
+    return layout
+
+
+def _read_layout(
+    block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor, num_blocks: int
+) -> BatchLayout:
+    """Read the layout, and the range of block ids, to the host in one transfer."""
+    num_seqs = seq_lens.shape[0]
+    extremes = [block_tables.min().view(1), block_tables.max().view(1)] if block_tables.numel() else []
+    host = torch.cat([query_start_loc, seq_lens, *extremes]).tolist()
+    if extremes and not 0 <= host[-2] <= host[-1] < num_blocks:
+        raise ValueError(f"block_tables holds ids in [{host[-2]}, {host[-1]}]; valid ids are [0, {num_blocks})")
+    return BatchLayout(query_start_loc=host[: num_seqs + 1], seq_lens=host[num_seqs + 1 : 2 * num_seqs + 1])
 
 
 def check_store_kv(

@@ -12,6 +12,7 @@ import torch
 from einops import rearrange
 
 from fastswitch.kernels.checks import (
+    BatchLayout,
     check_block_major_cache,
     check_paged_attention,
     check_runs,
@@ -29,14 +30,17 @@ def paged_attention(
     seq_lens: torch.Tensor,
     query_start_loc: torch.Tensor,
     scale: float | None = None,
+    *,
+    layout: BatchLayout | None = None,
 ) -> torch.Tensor:
     """Causal attention of packed new tokens over each sequence's paged KV; returns [T, Hq, D] in q's dtype.
 
     q [T, Hq, D]; k_cache/v_cache [num_blocks, block_size, Hkv, D]; block_tables [B, max_blocks] int32;
     seq_lens [B] int32 (cached + new); query_start_loc [B + 1] int32. Query i of sequence b sits at
-    position seq_lens[b] - q_len_b + i and sees keys at positions <= its own.
+    position seq_lens[b] - q_len_b + i and sees keys at positions <= its own. `layout`: host copies of
+    query_start_loc and seq_lens, when the caller has them (see BatchLayout).
     """
-    layout = check_paged_attention(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc)
+    layout = check_paged_attention(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, layout)
     head_dim = q.shape[2]
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale

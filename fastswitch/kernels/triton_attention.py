@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from fastswitch.kernels.attention_plan import next_power_of_two, plan_attention
-from fastswitch.kernels.checks import check_paged_attention
+from fastswitch.kernels.checks import BatchLayout, check_paged_attention
 from fastswitch.kernels.dispatch import triton_interpreting
 
 LOG2_E = 1.4426950408889634
@@ -45,13 +45,17 @@ def paged_attention_kernel(
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr, ONE_QUERY_PER_SEQ: tl.constexpr,
 ):
     item = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    seq = tl.load(work_items_ptr + 2 * item)
-    tile_start = tl.load(work_items_ptr + 2 * item + 1)
+    if ONE_QUERY_PER_SEQ:  # pure decode: work item b is sequence b, and nothing was uploaded
+        seq = item
+        tile_start = 0
+    else:
+        seq = tl.load(work_items_ptr + 2 * item)
+        tile_start = tl.load(work_items_ptr + 2 * item + 1)
     q_start = tl.load(query_start_loc_ptr + seq)
     q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
     seq_len = tl.load(seq_lens_ptr + seq)
@@ -154,9 +158,11 @@ def paged_attention_triton(
     query_start_loc: torch.Tensor,
     scale: float | None = None,
     num_splits: int | None = None,
+    *,
+    layout: BatchLayout | None = None,
 ) -> torch.Tensor:
     """The Triton twin of `reference.paged_attention`; num_splits forces the flash-decoding split count."""
-    layout = check_paged_attention(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc)
+    layout = check_paged_attention(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, layout)
     num_tokens, num_q_heads, head_dim = q.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
@@ -164,7 +170,13 @@ def paged_attention_triton(
     out = torch.empty((num_tokens, num_q_heads, head_dim), dtype=q.dtype, device=q.device)
     if not plan.work_items:
         return out
-    work_items = torch.tensor(plan.work_items, dtype=torch.int32).to(q.device)
+    # A decode step (one query per sequence) needs no work-item table: the kernel derives it, and the
+    # host-to-device copy, which would stall the host on a GPU, is skipped.
+    one_query_per_seq = layout.query_start_loc == list(range(layout.num_seqs + 1))
+    if one_query_per_seq:
+        work_items = query_start_loc  # not read
+    else:
+        work_items = torch.tensor(plan.work_items, dtype=torch.int32).to(q.device)
     if plan.num_splits == 1:
         target, lse = out, out  # lse is not written without splits
     else:
@@ -180,6 +192,7 @@ def paged_attention_triton(
         HEAD_DIM=head_dim, HEAD_DIM_PAD=plan.head_dim_pad, BLOCK_SIZE=block_size,
         GROUP=plan.group, GROUP_PAD=plan.group_pad, BLOCK_Q=plan.block_q, BLOCK_M=plan.block_m,
         BLOCK_N=plan.block_n, NUM_SPLITS=plan.num_splits, DOT_PRECISION=dot_precision,
+        ONE_QUERY_PER_SEQ=one_query_per_seq,
         num_warps=plan.num_warps,
     )
     if plan.num_splits > 1:

@@ -56,7 +56,7 @@ def compile_all() -> None:
             "HEAD_DIM": head_dim, "HEAD_DIM_PAD": max(MIN_DOT_SIZE, next_power_of_two(head_dim)),
             "BLOCK_SIZE": 16, "GROUP": group, "GROUP_PAD": group_pad, "BLOCK_Q": block_q,
             "BLOCK_M": max(MIN_DOT_SIZE, block_q * group_pad), "BLOCK_N": block_n, "NUM_SPLITS": splits,
-            "DOT_PRECISION": precision,
+            "DOT_PRECISION": precision, "ONE_QUERY_PER_SEQ": block_q == 1,
         })
     build(
         merge_splits_kernel,

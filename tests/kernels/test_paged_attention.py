@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from kernel_batches import PagedBatch, paged_batches, tolerance
 
-from fastswitch.kernels import paged_attention, reference
+from fastswitch.kernels import BatchLayout, paged_attention, reference
 from fastswitch.kernels.triton_attention import paged_attention_triton
 
 
@@ -28,6 +28,28 @@ def test_mixed_batches_match_the_torch_twin(batch: PagedBatch) -> None:
 def test_split_kv_ranges_merge_to_the_same_result(batch: PagedBatch, num_splits: int) -> None:
     # More splits than a short sequence has keys leaves some splits empty: the merge must ignore them.
     assert_matches_twin(batch, num_splits)
+
+
+@settings(max_examples=10)
+@given(batch=paged_batches(kinds=("decode",), max_context=300), num_splits=st.sampled_from((None, 3)))
+def test_decode_steps_match_the_torch_twin(batch: PagedBatch, num_splits: int | None) -> None:
+    # One query per sequence: the kernel maps programs to sequences without a work-item table.
+    assert_matches_twin(batch, num_splits)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_a_host_layout_gives_the_same_result_without_reading_the_device(backend: str) -> None:
+    generator = torch.Generator().manual_seed(7)
+    cache = torch.randn(6, 2, 2, 8, 2, 16, generator=generator)
+    q = torch.randn(5, 4, 16, generator=generator)
+    tables = torch.tensor([[4, 1, 0], [2, 5, 3]], dtype=torch.int32)
+    args = (q, cache[:, 0, 0], cache[:, 0, 1], tables, torch.tensor([9, 20], dtype=torch.int32), torch.tensor([0, 1, 5], dtype=torch.int32))
+    layout = BatchLayout(query_start_loc=[0, 1, 5], seq_lens=[9, 20])
+    torch.testing.assert_close(paged_attention(*args, backend=backend, layout=layout), paged_attention(*args, backend=backend))
+    with pytest.raises(ValueError, match="seq_lens\\[1\\]=30"):
+        paged_attention(*args, backend=backend, layout=BatchLayout(query_start_loc=[0, 1, 5], seq_lens=[9, 30]))
+    with pytest.raises(ValueError, match="B=2 sequences"):
+        paged_attention(*args, backend=backend, layout=BatchLayout(query_start_loc=[0, 5], seq_lens=[20]))
 
 
 # Every head dim and every GQA ratio at least once; hypothesis mixes the rest.
