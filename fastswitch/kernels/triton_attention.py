@@ -170,6 +170,8 @@ def paged_attention_triton(
     out = torch.empty((num_tokens, num_q_heads, head_dim), dtype=q.dtype, device=q.device)
     if not plan.work_items:
         return out
+    # The kernel indexes these with unit stride along their last dimension (a no-op when they are).
+    block_tables, seq_lens, query_start_loc = (t.contiguous() for t in (block_tables, seq_lens, query_start_loc))
     # A decode step (one query per sequence) needs no work-item table: the kernel derives it, and the
     # host-to-device copy, which would stall the host on a GPU, is skipped.
     one_query_per_seq = layout.query_start_loc == list(range(layout.num_seqs + 1))

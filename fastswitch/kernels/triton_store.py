@@ -52,7 +52,7 @@ def store_kv_triton(
     if num_tokens == 0:
         return
     store_kv_kernel[(num_tokens,)](
-        key, value, k_cache, v_cache, slot_mapping,
+        key, value, k_cache, v_cache, slot_mapping.contiguous(),
         *key.stride(), *value.stride(), *k_cache.stride(), *v_cache.stride(),
         NUM_HEADS=num_heads, HEAD_DIM=head_dim, HEADS_PAD=next_power_of_two(num_heads),
         HEAD_DIM_PAD=next_power_of_two(head_dim), BLOCK_SIZE=k_cache.shape[1],

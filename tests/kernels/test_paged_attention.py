@@ -86,3 +86,13 @@ def test_auto_backend_runs_triton_under_the_interpreter(monkeypatch: pytest.Monk
 @given(batch=paged_batches(max_seqs=8, max_context=600), num_splits=st.sampled_from((None, 2, 7)))
 def test_wide_sweep_matches_the_torch_twin(batch: PagedBatch, num_splits: int | None) -> None:
     assert_matches_twin(batch, num_splits)
+
+
+def test_strided_index_tensors_are_read_correctly() -> None:
+    generator = torch.Generator().manual_seed(0)
+    cache = torch.randn(8, 16, 2, 32, generator=generator)
+    q = torch.randn(3, 4, 32, generator=generator)
+    tables = torch.tensor([[0, 9, 5, 9], [1, 9, 2, 9]], dtype=torch.int32)[:, ::2]  # column stride 2
+    seq_lens = torch.tensor([20, 0, 18, 0], dtype=torch.int32)[::2]
+    args = (q, cache, cache, tables, seq_lens, torch.tensor([0, 1, 3], dtype=torch.int32))
+    torch.testing.assert_close(paged_attention_triton(*args), reference.paged_attention(*args), atol=1e-5, rtol=1e-5)
