@@ -34,10 +34,10 @@ from fastswitch.kernels import pack_blocks, paged_attention, unpack_blocks
 
 BLOCK_SIZE = 16
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM = 32, 8, 128  # Llama-3-8B
-PEAK_BANDWIDTH = {  # bytes/s, from the vendors' data sheets (see REFERENCES.md)
-    "H100 80GB HBM3": 3.35e12,  # H100 SXM
+PEAK_BANDWIDTH = {  # bytes/s by the end of torch.cuda.get_device_name(), from the vendors' data sheets
+    "H100 80GB HBM3": 3.35e12,  # H100 SXM (REFERENCES.md)
     "H100 PCIe": 2.0e12,
-    "H200": 4.8e12,
+    "H200": 4.8e12,  # NVIDIA's H200 data sheet; not in REFERENCES.md
     "A100-SXM4-80GB": 2.039e12,
     "A100 80GB PCIe": 1.935e12,
     "A10": 600e9,
@@ -180,7 +180,8 @@ def main() -> None:
     device = torch.device("cuda" if on_gpu else "cpu")
     if on_gpu:
         device_name = torch.cuda.get_device_name(device)
-        peak = next((bw for key, bw in PEAK_BANDWIDTH.items() if key in device_name), None)
+        # Match the end of the name: "A10" must not match "NVIDIA A100-SXM4-40GB".
+        peak = next((bw for key, bw in PEAK_BANDWIDTH.items() if device_name.endswith(key)), None)
         if peak is None:  # an unlisted device: a large copy reads and writes each byte once
             peak = 2 * copy_bandwidth(1 << 30, device, args.repeats)
         backend, dtype = "triton", torch.bfloat16
