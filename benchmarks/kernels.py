@@ -182,12 +182,14 @@ def main() -> None:
         device_name = torch.cuda.get_device_name(device)
         # Match the end of the name: "A10" must not match "NVIDIA A100-SXM4-40GB".
         peak = next((bw for key, bw in PEAK_BANDWIDTH.items() if device_name.endswith(key)), None)
+        peak_source = "data sheet"
         if peak is None:  # an unlisted device: a large copy reads and writes each byte once
             peak = 2 * copy_bandwidth(1 << 30, device, args.repeats)
+            peak_source = "measured 1 GiB device copy (read + write)"
         backend, dtype = "triton", torch.bfloat16
         decode, prefill, pack = [("decode", 32, 4096, 1), ("decode", 4, 16384, 1)], [("prefill", 4, 2048, 2048)], (32, 4096)
     else:
-        device_name, peak = "cpu", None
+        device_name, peak, peak_source = "cpu", None, None
         backend, dtype = "torch", torch.float32
         # One thread: the machine is shared, and two OpenMP threads contending for busy cores turn
         # every small op into a scheduler wait.
@@ -198,7 +200,8 @@ def main() -> None:
     rows = [attention_row(*case, dtype, device, backend, peak, args.repeats, rng) for case in decode + prefill]
     rows += pack_rows(*pack, dtype, device, backend, peak, args.repeats, rng)
 
-    print(f"device: {device_name}   backend: {backend}   dtype: {dtype}")
+    peak_text = "" if peak is None else f"   peak: {peak / 1e9:.0f} GB/s ({peak_source})"
+    print(f"device: {device_name}   backend: {backend}   dtype: {dtype}{peak_text}")
     header = f"{'kernel':<16} {'shape':<40} {'ms':>8} {'GB/s':>8} {'baseline':<16} {'GB/s':>8} {'% base':>7} {'% peak':>7}"
     print(header)
     print("-" * len(header))
@@ -210,7 +213,7 @@ def main() -> None:
         )
     out = Path(__file__).parent / "results" / "kernels.json"
     out.parent.mkdir(exist_ok=True)
-    payload = {"device": device_name, "backend": backend, "dtype": str(dtype), "peak_bandwidth": peak, "rows": [asdict(r) for r in rows]}
+    payload = {"device": device_name, "backend": backend, "dtype": str(dtype), "peak_bandwidth": peak, "peak_source": peak_source, "rows": [asdict(r) for r in rows]}
     out.write_text(json.dumps(payload, indent=2))
     print(f"\nwrote {out}")
 
