@@ -7,12 +7,19 @@ only when a Triton kernel is about to run, so the package imports on machines wi
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
 import torch
 
 BACKENDS = ("auto", "triton", "torch")
+
+
+@functools.cache
+def triton_installed() -> bool:
+    # Cached: without the cache every kernel call on the torch path would search sys.path for triton.
+    return importlib.util.find_spec("triton") is not None
 
 
 def triton_interpreting() -> bool:
@@ -24,11 +31,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
     triton_can_run = device.type == "cuda" or (device.type == "cpu" and triton_interpreting())
-    triton_installed = importlib.util.find_spec("triton") is not None
     if backend == "auto":
-        return "triton" if triton_can_run and triton_installed else "torch"
+        return "triton" if triton_can_run and triton_installed() else "torch"
     if backend == "triton":
-        if not triton_installed:
+        if not triton_installed():
             raise ValueError("backend='triton' but triton is not installed; use backend='torch'")
         if not triton_can_run:
             raise ValueError(
