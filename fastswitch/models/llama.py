@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig
 
-from fastswitch.kernels import paged_attention, store_kv
+from fastswitch.kernels import BatchLayout, paged_attention, store_kv
 from fastswitch.models.rope import RotaryEmbedding, apply_rotary
 
 # Model types whose checkpoints use Llama's architecture and weight names.
@@ -72,9 +72,14 @@ class AttentionBatch:
     block_tables: torch.Tensor  # [B, max_blocks] int32, padded with 0
     seq_lens: torch.Tensor  # [B] int32: cached + new tokens
     query_start_loc: torch.Tensor  # [B + 1] int32, cumulative new-token counts
-    seq_ends: list[int]  # host copy of seq_lens, for length-dependent rope types
-    query_lens: list[int]  # new tokens per sequence
+    # Host copies of query_start_loc and seq_lens: spares paged_attention a device sync per layer, and
+    # length-dependent rope types read the sequence lengths from it.
+    layout: BatchLayout
     backend: str = "auto"
+
+    @property
+    def query_lens(self) -> list[int]:
+        return [self.layout.query_len(b) for b in range(self.layout.num_seqs)]
 
 
 class RMSNorm(nn.Module):
@@ -119,7 +124,7 @@ class LlamaAttention(nn.Module):
         store_kv(k, v, k_cache, v_cache, batch.slot_mapping, backend=batch.backend)
         out = paged_attention(
             q, k_cache, v_cache, batch.block_tables, batch.seq_lens, batch.query_start_loc,
-            scale=self.scale, backend=batch.backend,
+            scale=self.scale, backend=batch.backend, layout=batch.layout,
         )  # [T, Hq, D]
         return self.o_proj(out.flatten(1))
 
@@ -202,7 +207,7 @@ class LlamaForServing(nn.Module):
     ) -> torch.Tensor:
         """Hidden states [T, hidden] after the final norm; K/V of the new tokens land in kv_cache."""
         hidden = self.embed_tokens(input_ids)
-        cos, sin = self.rotary.cos_sin(positions, batch.seq_ends, batch.query_lens, hidden.dtype)
+        cos, sin = self.rotary.cos_sin(positions, batch.layout.seq_lens, batch.query_lens, hidden.dtype)
         for index, layer in enumerate(self.layers):
             hidden = layer(hidden, cos, sin, kv_cache.key(index), kv_cache.value(index), batch)
         return self.norm(hidden)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fastswitch.kernels import BatchLayout
 from fastswitch.models.llama import AttentionBatch, LlamaForServing
 
 # On CPU the pool is zero-filled host memory and runs are tests, demos and benchmarks: 1 GiB holds
@@ -126,8 +127,9 @@ class ModelRunner:
         # Each token's block is found from its own sequence's table row: gather by (row, position // bs).
         rows = torch.repeat_interleave(torch.arange(len(chunks)), torch.tensor(query_lens))
         slot_mapping = block_tables[rows, positions // block_size].long() * block_size + positions % block_size
-        query_start_loc = torch.zeros(len(chunks) + 1, dtype=torch.int32)
-        query_start_loc[1:] = torch.cumsum(torch.tensor(query_lens), 0)
+        starts = [0]
+        for n in query_lens:
+            starts.append(starts[-1] + n)
         input_ids = torch.tensor([t for c in chunks for t in c.token_ids], dtype=torch.long)
 
         device = self.model.device
@@ -135,9 +137,9 @@ class ModelRunner:
             slot_mapping=slot_mapping.to(device),
             block_tables=block_tables.to(device),
             seq_lens=torch.tensor(seq_ends, dtype=torch.int32).to(device),
-            query_start_loc=query_start_loc.to(device),
-            seq_ends=seq_ends,
-            query_lens=query_lens,
+            query_start_loc=torch.tensor(starts, dtype=torch.int32).to(device),
+            # _check_chunks has checked every block id against the cache: the promise layout asks for.
+            layout=BatchLayout(query_start_loc=starts, seq_lens=seq_ends),
             backend=self.backend,
         )
         return input_ids.to(device), positions.to(device), batch
@@ -147,5 +149,5 @@ class ModelRunner:
         """Run every chunk's new tokens; return fp32 logits [len(chunks), vocab] of each chunk's last token."""
         input_ids, positions, batch = self.prepare(chunks)
         hidden = self.model(input_ids, positions, batch, self.kv_cache)  # [T, hidden]
-        last_token_rows = batch.query_start_loc[1:].long() - 1
+        last_token_rows = torch.tensor(batch.layout.query_start_loc[1:], device=hidden.device) - 1
         return self.model.compute_logits(hidden[last_token_rows]).float()
