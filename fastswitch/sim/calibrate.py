@@ -187,10 +187,10 @@ def compare_with_real_run(model, shape: ModelShape, profile: HardwareProfile, wo
     headline metric with both values. config needs num_gpu_blocks set."""
     from fastswitch.engine import Engine
     from fastswitch.sim.simulator import simulate
-    from fastswitch.sim.workload_driver import replay
+    from fastswitch.sim.workload_driver import replay, sleep_until
 
     engine = Engine.for_model(model, config, max_model_len, config.num_gpu_blocks)
-    replay(engine, workload, lambda t: time.sleep(max(0.0, t - time.monotonic())))
+    replay(engine, workload, sleep_until)
     engine.close()
     real = engine.stats()
     simulated = simulate(config, shape, profile, workload)

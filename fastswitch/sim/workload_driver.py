@@ -15,6 +15,7 @@ The driver is clock-agnostic: the caller passes `now`. `replay` runs a whole wor
 from __future__ import annotations
 
 import heapq
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -102,19 +103,23 @@ class WorkloadDriver:
         return request
 
 
+def sleep_until(when: float) -> None:
+    """replay's wait for a real run on the wall clock (time.monotonic, the real executor's clock)."""
+    time.sleep(max(0.0, when - time.monotonic()))
+
+
 def replay(
     engine,
     workload: Workload,
     wait_until: Callable[[float], None],
     progress: bool = False,
-    on_step: Callable[[], None] | None = None,
 ) -> list[RequestOutput]:
     """Runs every turn of `workload` through `engine` (a fastswitch.engine.Engine); returns the outputs
     of all turns in the order they arrived.
 
     The workload's times count from the engine executor's clock reading at the start. wait_until(t)
     is called when nothing is live and the next turn arrives at clock time t: the simulator jumps its
-    virtual clock there, a real run sleeps. on_step runs after every engine step (tracing, tests).
+    virtual clock there, a real run sleeps (`sleep_until`).
     """
     driver = WorkloadDriver(workload, engine.eos_token_ids)
     origin = engine.executor.now()
@@ -142,7 +147,5 @@ def replay(
                 driver.on_finished(output.request_id, output.prompt_token_ids + output.token_ids,
                                    engine.executor.now() - origin)  # fmt: skip
                 bar.update(1)
-        if on_step is not None:
-            on_step()
     bar.close()
     return outputs
