@@ -117,6 +117,11 @@ EXPERIMENTS: dict[str, Experiment] = {
         engine={**_PAPER_ENGINE, "priority_update_freq": 0.04, "priority_pattern": "markov"},
         description="as llama8b-a10 with the markov priority pattern",
     ),
+    "qwen32b-a100-markov": Experiment(
+        "qwen32b-a100-markov", "qwen2.5-32b", "a100",
+        engine={**_PAPER_ENGINE, "priority_update_freq": 0.02, "priority_pattern": "markov"},
+        description="as qwen32b-a100 with the markov priority pattern",
+    ),
     "ablation-llama8b-a10": Experiment(
         "ablation-llama8b-a10", "llama-3-8b", "a10", presets=ABLATION_PRESETS,
         engine={**_PAPER_ENGINE, "priority_update_freq": 0.04},
