@@ -66,7 +66,9 @@ class LLM:
         num_blocks = self.config.num_gpu_blocks or default_num_blocks(
             spec, block_size, self.config.max_num_seqs, self.max_model_len, device
         )
-        self.kv_cache = KVCache(num_blocks, spec.num_layers, block_size, spec.num_kv_heads, spec.head_dim, spec.dtype, device)
+        self.kv_cache = KVCache(
+            num_blocks, spec.num_layers, block_size, spec.num_kv_heads, spec.head_dim, spec.dtype, device
+        )
         self.block_manager = BlockManager(num_blocks, block_size, block_groups=self.config.block_groups)
         self.runner = ModelRunner(self.model, self.kv_cache, backend=self.config.attention_backend)
         self.sampler = Sampler()
@@ -87,7 +89,9 @@ class LLM:
         priorities = self._per_prompt("priorities", 0 if priorities is None else priorities, len(prompts))
         checked = [self._check_request(p, sp, pr) for p, sp, pr in zip(prompts, params, priorities)]
         arrival = time.monotonic()
-        sequences = [self._new_sequence(text, ids, sp, pr, arrival) for (text, ids), sp, pr in zip(checked, params, priorities)]
+        sequences = [
+            self._new_sequence(text, ids, sp, pr, arrival) for (text, ids), sp, pr in zip(checked, params, priorities)
+        ]
         self._run(sequences)
         return [seq.output for seq in sequences]
 

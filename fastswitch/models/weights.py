@@ -38,7 +38,10 @@ def _whole(param: torch.Tensor) -> Destination:
 
 def weight_destinations(model: LlamaForServing) -> dict[str, Destination]:
     """Every tensor name a Hugging Face checkpoint of this config holds, mapped to where it goes."""
-    table = {"model.embed_tokens.weight": _whole(model.embed_tokens.weight), "model.norm.weight": _whole(model.norm.weight)}
+    table = {
+        "model.embed_tokens.weight": _whole(model.embed_tokens.weight),
+        "model.norm.weight": _whole(model.norm.weight),
+    }
     if model.lm_head is not None:
         table["lm_head.weight"] = _whole(model.lm_head.weight)
     for index, layer in enumerate(model.layers):
