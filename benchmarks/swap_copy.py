@@ -5,7 +5,8 @@ out of a serving-like allocator churn, the KV moves with
   (a) one copy per block per layer per K/V, as vLLM 0.3.3 does (64 calls per block for Llama-3-8B),
   (b) one copy per block group (per piece contiguous on both sides), FastSwitch,
   (c) one contiguous copy of the same number of bytes: the physical limit,
-and the table reports bandwidth, copy calls, and (b)/(c) and (a)/(c) measured in the same run.
+and the table reports bandwidth, copy calls, and (b)/(c) and (a)/(c) measured in the same run: once
+from each method's best round, and once as the median over rounds of the ratio within a round.
 
 Copy views are built before the clock starts, so (a) pays the per-call cost of the copy itself
 (dispatch and a small memcpy), not Python indexing. On a CUDA machine the device pool lives on the
@@ -52,6 +53,10 @@ class Row:
     gbps_a: float
     gbps_b: float
     gbps_c: float
+    # Medians over rounds of the ratio within a round (the methods run back to back): a neighbour's
+    # burst that slows one method in one round moves these less than it moves a best-of figure.
+    paired_b_over_c: float
+    paired_a_over_c: float
 
     @property
     def b_over_c(self) -> float:
@@ -148,10 +153,11 @@ def measure(shape: str, tables: dict[int, list[int]], repeats: int, device: torc
                         seconds[name].append(elapsed)
             # Best of the rounds: on a shared machine a neighbour's load only ever adds time.
             gbps = {name: num_bytes / min(s) / 1e9 for name, s in seconds.items()}
+            paired = {name: statistics.median(c / x for c, x in zip(seconds["c"], seconds[name])) for name in "ab"}
             timed(per_group, sync, cache_flush)  # (c) overwrote part of the destination: land (b) again, then check it
             assert all(torch.equal(d, s) for d, s in per_group), "a group copy did not land"
             rows.append(Row(shape, tokens, direction, n, len(per_group), num_bytes, len(per_layer),
-                            gbps["a"], gbps["b"], gbps["c"]))
+                            gbps["a"], gbps["b"], gbps["c"], paired["b"], paired["a"]))
     return rows
 
 
@@ -169,20 +175,22 @@ def main() -> None:
     print(f"device={device}, torch threads={torch.get_num_threads()}, block_size={BLOCK_SIZE}, fp16, "
           f"best of {args.repeats} rounds")
     header = f"{'shape':13} {'tokens':>6} {'dir':>3} {'blocks':>6} {'MiB':>6} {'calls a':>8} {'calls b':>7} " \
-             f"{'GB/s a':>7} {'GB/s b':>7} {'GB/s c':>7} {'b/c':>5} {'a/c':>5}"
+             f"{'GB/s a':>7} {'GB/s b':>7} {'GB/s c':>7} {'b/c':>5} {'a/c':>5} {'paired b/c':>10} {'a/c':>5}"
     print(header)
     for r in rows:
         print(f"{r.shape:13} {r.tokens:6} {r.direction:>3} {r.blocks:6} {r.bytes / 2**20:6.0f} {r.calls_a:8} "
-              f"{r.groups:7} {r.gbps_a:7.2f} {r.gbps_b:7.2f} {r.gbps_c:7.2f} {r.b_over_c:5.2f} {r.a_over_c:5.2f}")
-    b_over_c = [r.b_over_c for r in rows]
-    a_over_c = [r.a_over_c for r in rows]
-    print(f"(b)/(c): min {min(b_over_c):.2f}, mean {statistics.mean(b_over_c):.2f}; "
-          f"(a)/(c): min {min(a_over_c):.2f}, mean {statistics.mean(a_over_c):.2f}")
+              f"{r.groups:7} {r.gbps_a:7.2f} {r.gbps_b:7.2f} {r.gbps_c:7.2f} {r.b_over_c:5.2f} {r.a_over_c:5.2f} "
+              f"{r.paired_b_over_c:10.2f} {r.paired_a_over_c:5.2f}")
+    summary = {}
+    for label, key in (("best-of", ""), ("paired", "paired_")):
+        for ratio in ("b_over_c", "a_over_c"):
+            values = [getattr(r, key + ratio) for r in rows]
+            summary[f"{key}{ratio}_min"], summary[f"{key}{ratio}_mean"] = min(values), statistics.mean(values)
+        print(f"{label:8} (b)/(c): min {summary[key + 'b_over_c_min']:.2f}, mean {summary[key + 'b_over_c_mean']:.2f}; "
+              f"(a)/(c): min {summary[key + 'a_over_c_min']:.2f}, mean {summary[key + 'a_over_c_mean']:.2f}")
 
     out = Path(__file__).parent / "results" / "swap_copy.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary = {"b_over_c_min": min(b_over_c), "b_over_c_mean": statistics.mean(b_over_c),
-               "a_over_c_min": min(a_over_c), "a_over_c_mean": statistics.mean(a_over_c)}
     out.write_text(json.dumps({
         "device": str(device), "torch_threads": torch.get_num_threads(), "block_size": BLOCK_SIZE,
         "repeats": args.repeats, "seed": args.seed,
