@@ -116,6 +116,8 @@ class Engine:
         self.run_metrics = RunMetrics()
         self.num_steps = 0
         self.num_batched_tokens = 0
+        self.num_prompt_tokens = 0
+        self.num_generated_tokens = 0
         self._outputs: dict[str, RequestOutput] = {}
         self._ids = itertools.count()
         self._conversation_ids = itertools.count()
@@ -226,6 +228,10 @@ class Engine:
             finished = self.scheduler.update(out, sampled, self.executor.now(), swaps_done_at)
             self.num_steps += 1
             self.num_batched_tokens += out.num_batched_tokens
+            for chunk in out.chunks:  # prompt tokens run (again, after a recompute)
+                prompt_end = min(chunk.num_cached + len(chunk.token_ids), chunk.request.num_prompt_tokens)
+                self.num_prompt_tokens += max(0, prompt_end - chunk.num_cached)
+            self.num_generated_tokens += sum(token is not None for token in sampled)
             advanced = [self._outputs[c.request.request_id] for c in out.chunks if c.sample]
             for request in finished:
                 self._retire(request)
@@ -243,12 +249,15 @@ class Engine:
                 "executor_idle_on_swaps": swap.swap_wait_time,
                 "num_steps": self.num_steps,
                 "num_batched_tokens": self.num_batched_tokens,
+                "num_prompt_tokens": self.num_prompt_tokens,
+                "num_generated_tokens": self.num_generated_tokens,
+                "block_bytes": self.swap_manager.block_bytes,
                 "num_gpu_blocks": self.swap_manager.num_device_blocks,
                 "num_free_gpu_blocks": self.swap_manager.num_free_device_blocks,
                 "num_cpu_blocks": self.swap_manager.host.num_blocks,
                 "num_free_cpu_blocks": self.swap_manager.host.num_free,
                 "num_priority_updates": self.scheduler.priority_updater.num_updates,
-                **self.run_metrics.summary(),
+                **{k: v for k, v in self.run_metrics.summary().items() if k != "num_generated_tokens"},
             }
 
     def close(self) -> None:
