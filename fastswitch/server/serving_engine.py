@@ -19,6 +19,9 @@ from fastswitch.server.model_sources import resolve_model
 
 # On CPU the default model's full 8k context would size a pool nobody uses; chat turns are short.
 DEFAULT_CPU_MAX_MODEL_LEN = 2048
+# On CPU the "device" pool and the 4x host pool share the machine's RAM, and zero-filling them is paid
+# at start-up: 256 MiB of device KV (~5.8k tokens of SmolLM2-135M in fp32) keeps start-up quick.
+DEFAULT_CPU_KV_BYTES = 256 << 20
 
 
 @dataclass
@@ -48,9 +51,12 @@ class ServingEngine:
         if config.max_model_len is not None and config.max_model_len > limit:
             raise ValueError(f"max_model_len={config.max_model_len} exceeds the model's limit of {limit} tokens")
         max_model_len = config.max_model_len or (min(limit, DEFAULT_CPU_MAX_MODEL_LEN) if device.type == "cpu" else limit)
+        spec = kv_cache_spec(loaded.model)
         num_gpu_blocks = config.num_gpu_blocks or default_num_blocks(
-            kv_cache_spec(loaded.model), config.block_size, config.max_num_seqs, max_model_len, device
+            spec, config.block_size, config.max_num_seqs, max_model_len, device
         )
+        if config.num_gpu_blocks is None and device.type == "cpu":
+            num_gpu_blocks = max(1, min(num_gpu_blocks, DEFAULT_CPU_KV_BYTES // spec.block_bytes(config.block_size)))
         tokenizer = loaded.tokenizer
         engine = Engine.for_model(
             loaded.model, config, max_model_len, num_gpu_blocks, eos_token_ids=loaded.eos_token_ids,
@@ -78,8 +84,8 @@ class ServingEngine:
         already produced it as the stop token), the user's message and the assistant's cue.
         """
         new_turn = {"role": "user", "content": message}
-        if not history:
-            return self.encode_chat([new_turn])
+        if not any(m["role"] == "assistant" for m in history):  # the first turn: nothing is cached yet
+            return self.encode_chat(history + [new_turn])
         answer = history[-1]["content"].strip()  # templates may trim whitespace around a message
         before = self.tokenizer.apply_chat_template(history, add_generation_prompt=False, tokenize=False)
         full = self.tokenizer.apply_chat_template(history + [new_turn], add_generation_prompt=True, tokenize=False)
