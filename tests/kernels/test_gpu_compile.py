@@ -68,8 +68,8 @@ def compile_all() -> None:
     build(
         store_kv_kernel,
         {"key_ptr": "*bf16", "value_ptr": "*bf16", "k_cache_ptr": "*bf16", "v_cache_ptr": "*bf16",
-         "slot_mapping_ptr": "*i64", **{name: "i32" for name in store_strides}},
-        {"NUM_HEADS": 8, "HEAD_DIM": 128, "HEADS_PAD": 8, "HEAD_DIM_PAD": 128, "BLOCK_SIZE": 16},
+         "slot_mapping_ptr": "*i64", "num_tokens": "i32", **{name: "i32" for name in store_strides}},
+        {"NUM_HEADS": 3, "HEAD_DIM": 80, "HEAD_DIM_PAD": 128, "ROW_PAD": 512, "BLOCK_SIZE": 16, "BLOCK_T": 8},
     )
     build(
         copy_blocks_kernel,

@@ -20,7 +20,7 @@ def test_store_matches_the_twin_bit_for_bit(
     dtype: torch.dtype, block_size: int, num_kv_heads: int, head_dim: int, data: st.DataObject
 ) -> None:
     num_blocks = 5
-    slots = data.draw(st.lists(st.integers(0, num_blocks * block_size - 1), min_size=0, max_size=10, unique=True))
+    slots = data.draw(st.lists(st.integers(0, num_blocks * block_size - 1), min_size=0, max_size=20, unique=True))
     layer = data.draw(st.integers(0, 1))
     generator = torch.Generator().manual_seed(len(slots) + layer)
     cache = torch.randn(num_blocks, 2, 2, block_size, num_kv_heads, head_dim, generator=generator).to(dtype)
