@@ -113,14 +113,13 @@ class Scheduler:
             if location != "none" and not self.kv.is_ready(seq_id):
                 continue  # a copy of its KV is in flight (swap-in landing, or swap-out not yet whole)
             num_new = min(request.num_uncomputed_tokens, budget)
-            need = self.kv.device_blocks_needed(seq_id, request.num_computed_tokens + num_new)
-            if need and blocked:
+            # A new admission must fit its whole prompt (as vLLM admits): a prompt let in piecemeal
+            # would only be evicted again half-computed by the decodes growing around it.
+            held_after = request.num_tokens if location == "none" else request.num_computed_tokens + num_new
+            need = self.kv.device_blocks_needed(seq_id, held_after)
+            if need and (blocked or not self._make_room(need, order, index, out, now)):
+                blocked = True
                 continue
-            if need and not self._make_room(need, order, index, out, now):
-                num_new = self._tokens_that_fit(request, location, num_new)
-                if num_new == 0:
-                    blocked = True
-                    continue
             if location == "host":
                 small = self.kv.num_blocks_of(seq_id) <= self.adaptive_sync_blocks
                 blocking = not self.kv.asynchronous or (small and len(out.chunks) < self.last_batch_size)
@@ -182,14 +181,6 @@ class Scheduler:
             block_table=block_table,
             sample=stop == request.num_tokens,
         )
-
-    def _tokens_that_fit(self, request: Request, location: str, wanted: int) -> int:
-        """A shorter prefill chunk that fits the free blocks now (0 when none does, or when decoding)."""
-        if location == "host" or request.num_uncomputed_tokens <= 1:
-            return 0
-        held = self.kv.num_blocks_of(request.seq_id) if location == "device" else 0
-        room = (held + self.kv.num_free_device_blocks) * self.kv.block_size - request.num_computed_tokens
-        return max(0, min(wanted, room))
 
     def _make_room(self, need: int, order: list[Request], index: int, out: SchedulerOutput, now: float) -> bool:
         """Frees `need` device blocks for order[index], preempting what ranks below it; False: it waits."""

@@ -85,7 +85,7 @@ def test_adaptive_swap_waits_for_small_swaps_and_overlaps_large_ones(victim_is_s
         async_swap=True, kv_reuse=False,
     )
     engine, _, copies = make_engine(config)
-    prompts = {"small": [1] * 7, "large": [2] * 31}  # 2 and 8 blocks
+    prompts = {"small": [1] * 6, "large": [2] * 31}  # 2 and 8 blocks; "small" needs no new block at step 3
     order = ["large", "small"] if victim_is_small else ["small", "large"]
     outputs = {name: engine.add_request(prompts[name], params(8), priority=3) for name in order}
     engine.step()
