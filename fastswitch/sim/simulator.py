@@ -34,6 +34,8 @@ CDF_POINTS = 200  # quantiles kept per latency distribution: enough for a smooth
 
 @dataclass
 class SimulatedEngine:
+    """An engine on virtual time, with the virtual pieces behind it kept at hand for inspection."""
+
     engine: Engine
     clock: VirtualClock
     executor: VirtualExecutor
