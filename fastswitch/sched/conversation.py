@@ -35,7 +35,14 @@ class Conversation:
     def busy(self) -> bool:
         return bool(self.turns) and not self.turns[-1].finished
 
-    def submit(self, new_token_ids: list[int], params=None, prompt: str | None = None, priority: int | None = None):
+    def submit(
+        self,
+        new_token_ids: list[int],
+        params=None,
+        prompt: str | None = None,
+        priority: int | None = None,
+        request_id: str | None = None,
+    ):
         """Queues the next turn (new_token_ids appended to the context); returns its RequestOutput."""
         if self.closed:
             raise ValueError(f"conversation {self.conversation_id!r} is closed")
@@ -54,6 +61,7 @@ class Conversation:
             prompt=prompt,
             seq_id=self.conversation_id,
             keep_kv=True,
+            request_id=request_id,
         )
         self.turns.append(output)
         return output
