@@ -169,6 +169,9 @@ def check_runs(runs: list[tuple[int, int]], num_blocks: int) -> int:
 def check_block_major_cache(cache: torch.Tensor) -> None:
     if cache.dim() != 6:
         raise ValueError(f"cache has shape {tuple(cache.shape)}; expected [num_blocks, num_layers, 2, block_size, Hkv, D]")
+    # With 2- or 4-byte elements and the K/V axis of 2, a block is a whole number of 32-bit words,
+    # which the Triton copy moves.
+    _check_dtype("cache", cache)
     if not cache.is_contiguous():
         raise ValueError("cache must be contiguous: a run of blocks is then one byte range")
 

@@ -37,10 +37,8 @@ def copy_blocks_kernel(
 
 
 def _as_words(blocks: torch.Tensor) -> torch.Tensor:
-    """View a contiguous [n, ...] tensor as int32 words [n, words_per_block] without copying."""
-    block_bytes = blocks[0].numel() * blocks.element_size() if blocks.shape[0] else 0
-    if block_bytes % 4:
-        raise ValueError(f"a block holds {block_bytes} bytes, not a multiple of 4; pack/unpack copies 32-bit words")
+    """View a contiguous [n, ...] tensor as int32 words [n, words_per_block] without copying (a block
+    is a whole number of words: check_block_major_cache admits only 2- and 4-byte dtypes)."""
     return blocks.reshape(blocks.shape[0], -1).view(torch.uint8).view(torch.int32)
 
 

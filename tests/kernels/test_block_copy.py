@@ -82,6 +82,8 @@ def test_pack_rejects_a_cache_that_is_not_block_major(backend: str) -> None:
         pack_blocks(cache[:, :, :, :8], [(0, 1)], backend=backend)
     with pytest.raises(ValueError, match="expected"):
         pack_blocks(torch.zeros(6, 2, 8, 16), [(0, 1)], backend=backend)
+    with pytest.raises(ValueError, match="cache.dtype=torch.uint8"):
+        pack_blocks(torch.zeros(6, 1, 2, 8, 1, 3, dtype=torch.uint8), [(0, 1)], backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
