@@ -167,3 +167,18 @@ def test_workload_from_prompts_checks_lengths():
     assert w.conversations[1].start_time == 1.5 and w.num_clients == 2
     with pytest.raises(ValueError, match="priorities has 1 entries"):
         workload_from_prompts([3, 4], 5, priorities=[1])
+
+
+@given(
+    st.integers(0, 8), st.floats(0.1, 10.0), st.integers(0, 2**16), st.floats(1.0, 8.0),
+    st.integers(2, 3000), st.sampled_from(["random", "markov"]), st.integers(1, 5),
+)  # fmt: skip
+def test_any_parameters_give_a_well_formed_trace(n, rate, seed, mean_turns, window, pattern, levels):
+    w = synthetic_sharegpt(num_conversations=n, rate=rate, seed=seed, mean_turns=mean_turns, max_context_tokens=window,
+                           priority_pattern=pattern, num_priority_levels=levels, vocab_range=(0, 7))  # fmt: skip
+    assert len(w.conversations) == n and w.num_turns >= n
+    for c in w.conversations:
+        assert c.context_tokens <= window and c.turns and c.start_time > 0
+        for t in c.turns:
+            assert t.prompt_tokens >= 1 and t.response_tokens >= 1 and t.think_time >= 0
+            assert 0 <= t.priority < levels and len(t.prompt_token_ids) == t.prompt_tokens
