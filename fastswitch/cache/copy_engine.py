@@ -24,9 +24,6 @@ import torch
 
 from fastswitch.cache.kv_cache import KVCache
 
-Run = tuple[int, int]  # (start block, number of blocks)
-
-
 @dataclass(frozen=True)
 class CopyPair:
     src: int  # first source block
@@ -67,45 +64,6 @@ class CopyEngine(Protocol):
     def submit(self, job: CopyJob) -> CopyHandle: ...
 
     def close(self) -> None: ...
-
-
-def pair_runs(src_runs: list[Run], dst_runs: list[Run]) -> list[CopyPair]:
-    """Pairs two run lists of equal total length into copies contiguous on both sides.
-
-    A pair ends wherever a source run or a destination run ends, so each pair is one contiguous
-    range at both ends (one copy call).
-    """
-    total_src = sum(n for _, n in src_runs)
-    total_dst = sum(n for _, n in dst_runs)
-    if total_src != total_dst:
-        raise ValueError(f"source runs hold {total_src} blocks but destination runs hold {total_dst}")
-    pairs: list[CopyPair] = []
-    i = j = 0
-    src_off = dst_off = 0
-    while i < len(src_runs) and j < len(dst_runs):
-        (s_start, s_len), (d_start, d_len) = src_runs[i], dst_runs[j]
-        length = min(s_len - src_off, d_len - dst_off)
-        if length > 0:
-            pairs.append(CopyPair(s_start + src_off, d_start + dst_off, length))
-        src_off += length
-        dst_off += length
-        if src_off == s_len:
-            i, src_off = i + 1, 0
-        if dst_off == d_len:
-            j, dst_off = j + 1, 0
-    return pairs
-
-
-def slice_runs(runs: list[Run], first: int, stop: int) -> list[Run]:
-    """Blocks first..stop-1 of the concatenation of runs, as runs."""
-    out: list[Run] = []
-    offset = 0
-    for start, length in runs:
-        lo, hi = max(first, offset), min(stop, offset + length)
-        if lo < hi:
-            out.append((start + lo - offset, hi - lo))
-        offset += length
-    return out
 
 
 class _DoneHandle:

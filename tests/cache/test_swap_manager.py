@@ -8,42 +8,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fastswitch.cache.block_manager import BlockManager
-from fastswitch.cache.copy_engine import CopyJob, CopyPair, TorchCopyEngine, pair_runs, slice_runs
+from fastswitch.cache.copy_engine import CopyJob, CopyPair, TorchCopyEngine
 from fastswitch.cache.kv_cache import KVCache
 from fastswitch.cache.swap_manager import SwapManager
 
 LAYERS, BLOCK, HEADS, DIM = 3, 4, 2, 8
-
-
-def runs_of(lengths: list[int], gap: int = 1) -> list[tuple[int, int]]:
-    runs, start = [], 0
-    for length in lengths:
-        runs.append((start, length))
-        start += length + gap
-    return runs
-
-
-@given(st.lists(st.integers(1, 6), min_size=1, max_size=6), st.data())
-def test_pair_runs_is_contiguous_on_both_sides_and_order_preserving(src_lengths, data):
-    total = sum(src_lengths)
-    cuts = sorted(data.draw(st.sets(st.integers(1, total - 1), max_size=5))) if total > 1 else []
-    dst_lengths = [b - a for a, b in zip([0, *cuts], [*cuts, total])]
-    src, dst = runs_of(src_lengths, gap=2), runs_of(dst_lengths, gap=3)
-    pairs = pair_runs(src, dst)
-    flatten = lambda runs: [b for s, n in runs for b in range(s, s + n)]  # noqa: E731
-    assert [p.src + i for p in pairs for i in range(p.length)] == flatten(src)
-    assert [p.dst + i for p in pairs for i in range(p.length)] == flatten(dst)
-    # Splits happen only at run boundaries of either side: no more pairs than boundaries allow.
-    assert len(pairs) <= len(src) + len(dst) - 1
-
-
-def test_pair_runs_rejects_unequal_totals():
-    with pytest.raises(ValueError, match="3 blocks .* 2"):
-        pair_runs([(0, 3)], [(5, 2)])
-
-
-def test_slice_runs_takes_the_middle_of_a_table():
-    assert slice_runs([(10, 3), (20, 2), (30, 4)], 2, 6) == [(12, 1), (20, 2), (30, 1)]
 
 
 def make_manager(block_groups=True, asynchronous=False, kv_reuse=False, device_blocks=16, host_blocks=16):
@@ -87,6 +56,41 @@ def test_round_trip_restores_kv_and_counts_calls(block_groups, asynchronous):
     manager.drop("b")
     manager.close()
     assert manager.device.num_free == 16 and manager.host.num_free == 16
+
+
+@given(
+    lengths=st.lists(st.integers(1, 3 * BLOCK), min_size=2, max_size=5),
+    block_groups=st.booleans(),
+    kv_reuse=st.booleans(),
+    growth=st.integers(0, 2 * BLOCK),
+)
+def test_swap_round_trips_preserve_every_sequence(lengths, block_groups, kv_reuse, growth):
+    manager, device, _ = make_manager(block_groups, kv_reuse=kv_reuse, device_blocks=16, host_blocks=32)
+    names = [f"s{i}" for i in range(len(lengths))]
+    expected = {}
+    for name, n in zip(names, lengths):
+        expected[name] = fill(device, manager.allocate(name, n))
+    for name, n in zip(names, lengths):
+        manager.swap_out(name, n, blocking=True)
+    manager.allocate("filler", BLOCK)  # shifts where the sequences land on the way back
+    for name, n in zip(names, lengths):
+        manager.swap_in(name, blocking=True)
+        table = manager.block_table(name)
+        assert torch.equal(device.data[table], expected[name])
+        if growth and manager.device_blocks_needed(name, n + growth) <= manager.num_free_device_blocks:
+            table = manager.allocate(name, n + growth)
+            # Tokens are appended: blocks from the one holding position n on change, full ones never.
+            first_written = n // BLOCK
+            expected[name] = torch.cat([expected[name][:first_written], fill(device, table[first_written:])])
+            lengths[names.index(name)] = n + growth
+        manager.swap_out(name, lengths[names.index(name)], blocking=True)
+    for name in names:
+        manager.swap_in(name, blocking=True)
+        assert torch.equal(device.data[manager.block_table(name)], expected[name])
+        manager.drop(name)
+    manager.drop("filler")
+    manager.close()
+    assert manager.device.num_free == 16 and manager.host.num_free == 32
 
 
 def test_async_swap_out_keeps_blocks_until_its_copy_lands():
