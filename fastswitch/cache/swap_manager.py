@@ -184,12 +184,13 @@ class SwapManager:
         self.stats.reused_blocks += plan.first_block
         self.stats.reused_bytes += plan.first_block * self.block_bytes
         self.stats.host_copies_dropped += len(plan.evicted)
+        submitted_at = self.clock()  # a synchronous engine copies inside submit: time it from here
         pending = PendingCopy(
             self.copy_engine.submit(job), seq_id, "out",
             num_full_blocks=num_tokens // self.block_size, free_device=[entry.device_key],
         )
         entry.location, entry.device_key, entry.num_tokens = "host", None, num_tokens
-        self._track(entry, pending, blocking)
+        self._track(entry, pending, blocking, submitted_at)
 
     def swap_in(self, seq_id: Hashable, blocking: bool) -> None:
         entry = self._entry(seq_id)
@@ -205,9 +206,10 @@ class SwapManager:
         self.stats.swap_in_count += 1
         self.stats.swap_in_blocks += job.num_blocks
         self.stats.swap_in_bytes += job.num_bytes
+        submitted_at = self.clock()
         pending = PendingCopy(self.copy_engine.submit(job), seq_id, "in")
         entry.location = "device"
-        self._track(entry, pending, blocking)
+        self._track(entry, pending, blocking, submitted_at)
 
     def drop(self, seq_id: Hashable) -> None:
         entry = self._seqs.pop(seq_id, None)
@@ -253,13 +255,12 @@ class SwapManager:
         self.stats.copy_calls += job.num_calls
         return job
 
-    def _track(self, entry: SequenceKV, pending: PendingCopy, blocking: bool) -> None:
+    def _track(self, entry: SequenceKV, pending: PendingCopy, blocking: bool, submitted_at: float) -> None:
         self._pending.append(pending)
         entry.in_flight = pending.handle
         if blocking or not self.asynchronous:
-            start = self.clock()
             pending.handle.wait()
-            self.stats.swap_wait_time += self.clock() - start
+            self.stats.swap_wait_time += self.clock() - submitted_at
             self.stats.blocking_swaps += 1
             self._retire(pending)
 
