@@ -20,6 +20,9 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from fastswitch.models.llama import check_supported_config
 
 # Bump when the layout of a cache entry changes, so old entries are not misread.
 CACHE_FORMAT_VERSION = 1
@@ -48,10 +51,6 @@ def is_complete(entry: Path) -> bool:
 
 def converted_gguf_folder(gguf_path: str | Path, progress: bool = True) -> Path:
     """A Hugging Face folder holding gguf_path's de-quantised weights and tokenizer; converts on first use."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from fastswitch.models.llama import check_supported_config
-
     gguf_path = Path(gguf_path)
     if not gguf_path.is_file():
         raise ValueError(f"GGUF file {str(gguf_path)!r} does not exist")

@@ -36,7 +36,7 @@ def rope_parameters(config: PretrainedConfig) -> dict:
 
 def default_inv_freq(config: PretrainedConfig, device: torch.device | None = None, **_) -> tuple[torch.Tensor, float]:
     """The original RoPE frequencies, theta ** (-2i / head_dim); attention scaling 1."""
-    dim = config.head_dim
+    dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     base = rope_parameters(config)["rope_theta"]
     return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim)), 1.0
 
