@@ -118,3 +118,17 @@ def test_sliding_window_caps_the_supported_length():
     assert max_supported_len(config) == 4096
     config.sliding_window = 1024
     assert max_supported_len(config) == 1024
+
+
+def test_mistral_checkpoint_runs_through_the_same_forward():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.1, sliding_window=None,
+    )
+    hf = MistralForCausalLM(config).eval()
+    tokens = list(range(40, 63))
+    logits = make_runner(hf).forward([ForwardChunk(tokens, 0, [4, 1, 0])])
+    torch.testing.assert_close(logits[0], reference_logits(hf, tokens)[-1], atol=1e-4, rtol=1e-4)
