@@ -100,7 +100,10 @@ class Engine:
         eos_token_ids: list[int] | tuple[int, ...] = (),
         vocab_size: int | None = None,
         detokenize: Callable[[list[int]], str] | None = None,
+        adaptive_sync_blocks: int = 4,
     ) -> None:
+        """adaptive_sync_blocks: with async swapping, swaps of at most this many blocks are waited for
+        when the batch would otherwise shrink (see sched/scheduler.py)."""
         self.config = config
         self.executor = executor
         self.eos_token_ids = tuple(eos_token_ids)
@@ -112,7 +115,7 @@ class Engine:
             device, host, copy_engine, num_layers, block_bytes,
             asynchronous=config.async_swap, kv_reuse=config.kv_reuse, clock=executor.now,
         )
-        self.scheduler = Scheduler(config, self.swap_manager, max_model_len)
+        self.scheduler = Scheduler(config, self.swap_manager, max_model_len, adaptive_sync_blocks)
         self.run_metrics = RunMetrics()
         self.num_steps = 0
         self.num_batched_tokens = 0
