@@ -13,7 +13,7 @@ from pathlib import Path
 from fastswitch.config import EngineConfig
 from fastswitch.engine import Engine
 from fastswitch.models.llama import max_supported_len
-from fastswitch.models.loader import load_model, resolve_device
+from fastswitch.models.loader import LoadedModel, load_model, resolve_device
 from fastswitch.models.runner import default_num_blocks, kv_cache_spec
 from fastswitch.server.model_sources import resolve_model
 
@@ -43,10 +43,17 @@ class ServingEngine:
         """
         config = EngineConfig.from_preset(preset, **overrides)
         source = resolve_model(model)
-        device = resolve_device(config.device)
-        loaded = load_model(source, dtype=config.dtype, device=device, progress=progress)
+        loaded = load_model(source, dtype=config.dtype, device=resolve_device(config.device), progress=progress)
+        return cls.for_loaded(loaded, Path(str(source)).name, preset, **overrides)
+
+    @classmethod
+    def for_loaded(cls, loaded: LoadedModel, model_name: str, preset: str = "fastswitch", **overrides) -> "ServingEngine":
+        """A fresh engine (own KV pools, own counters) over an already loaded model: several presets can
+        then be compared on one model without loading it again."""
+        config = EngineConfig.from_preset(preset, **overrides)
         if loaded.tokenizer is None:
-            raise ValueError(f"model {str(source)!r} has no tokenizer files; serving text needs one")
+            raise ValueError(f"model {model_name!r} has no tokenizer files; serving text needs one")
+        device = loaded.model.device
         limit = max_supported_len(loaded.hf_config)
         if config.max_model_len is not None and config.max_model_len > limit:
             raise ValueError(f"max_model_len={config.max_model_len} exceeds the model's limit of {limit} tokens")
@@ -62,7 +69,7 @@ class ServingEngine:
             loaded.model, config, max_model_len, num_gpu_blocks, eos_token_ids=loaded.eos_token_ids,
             detokenize=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
         )  # fmt: skip
-        return cls(engine, tokenizer, Path(str(source)).name, max_model_len)
+        return cls(engine, tokenizer, model_name, max_model_len)
 
     def encode(self, text: str) -> list[int]:
         """A plain prompt, with the tokenizer's own special tokens (BOS where the model uses one)."""

@@ -1,0 +1,58 @@
+"""The examples run end to end: serve_llama.py in its --quick mode, and the quickstart notebook."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture
+def private_cache(tmp_path_factory, monkeypatch):
+    cache = tmp_path_factory.getbasetemp() / "fastswitch-cache"
+    monkeypatch.setenv("FASTSWITCH_CACHE", str(cache))  # tiny-random is built here, not in the user's cache
+    return cache
+
+
+def test_serve_llama_quick_compares_presets_and_writes_plot(tmp_path, private_cache, capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location("serve_llama", EXAMPLES / "serve_llama.py")
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "serve_llama", script)  # dataclasses look their module up there
+    spec.loader.exec_module(script)
+    assert script.main(["--quick", "--output-dir", str(tmp_path), "--threads", "1", "--attention-backend", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert "== per user, vllm preset ==" in out and "== per user, fastswitch preset ==" in out
+    assert "identical under both presets: True" in out
+    assert out.count("    -> ") == 3 * 2  # every answer of 3 users x 2 turns is printed
+    assert (tmp_path / "serve_llama_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((tmp_path / "serve_llama.json").read_text())
+    vllm, fastswitch = summary["comparison"]
+    assert (vllm["preset"], fastswitch["preset"]) == ("vllm", "fastswitch")
+    assert vllm["swap_outs"] > 0 and fastswitch["swap_outs"] > 0  # the budget forces context switches
+    assert vllm["copy_calls"] > fastswitch["copy_calls"]
+    for preset, users in summary["users"].items():
+        assert [u["turns"] for u in users] == [2, 2, 2], preset
+
+
+def test_quickstart_notebook_runs_end_to_end(private_cache):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = nbformat.read(EXAMPLES / "quickstart.ipynb", as_version=4)
+    env = {**os.environ, "FASTSWITCH_NOTEBOOK_MODEL": "tiny-random", "FASTSWITCH_NOTEBOOK_SIM_CONVERSATIONS": "6",
+           "MPLBACKEND": "Agg"}  # fmt: skip
+    env.pop("TRITON_INTERPRET", None)  # the notebook runs as a user would: torch attention on CPU
+    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(EXAMPLES)}})  # fmt: skip
+    client.execute(env=env)
+    outputs = "".join(
+        o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
+    )
+    assert "before:" in outputs and "after: " in outputs and "urgent answer" in outputs
+    assert "improvement over vllm" in outputs
+    assert not [o for cell in notebook.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
