@@ -177,13 +177,20 @@ async def _text_pieces(
 ) -> AsyncIterator[tuple[str, str | None]]:
     """(text piece, finish reason or None) as tokens arrive; aborts the request if the consumer stops early."""
     finished = False
+    loop = asyncio.get_running_loop()
+    next_check = loop.time() + DISCONNECT_POLL_S
     try:
         while not finished:
             try:
                 update = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
             except TimeoutError:
-                if request is not None and await request.is_disconnected():
+                update = None
+            # Checked by the clock, not only when tokens stop: a fast stream never times out.
+            if request is not None and loop.time() >= next_check:
+                if await request.is_disconnected():
                     return
+                next_check = loop.time() + DISCONNECT_POLL_S
+            if update is None:
                 continue
             if update.error is not None:
                 raise p.OpenAIError(f"the engine failed: {update.error}", 500, type="server_error")
@@ -197,7 +204,7 @@ async def _text_pieces(
     finally:
         if not finished:
             # Cancelled (client gone) or closed early: free the request's KV without waiting here.
-            asyncio.get_running_loop().run_in_executor(None, engine_thread.abort, subscription.request_id)
+            loop.run_in_executor(None, engine_thread.abort, subscription.request_id)
 
 
 async def _sse_events(

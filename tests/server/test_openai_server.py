@@ -167,3 +167,19 @@ def test_vtc_serves_a_new_client_before_another_clients_backlog(tiny_model):
             for future in backlog:
                 future.result()
     assert sum(done["light"] < done[f"heavy-{i}"] for i in range(3)) >= 2
+
+
+def test_client_that_gives_up_on_a_whole_answer_frees_its_request(server):
+    base_url, app = server
+    aborted_before = app.state.engine_thread.num_aborted
+    body = {"model": "tiny", "prompt": "Another long story", "max_tokens": 480, "ignore_eos": True}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{base_url}/v1/completions", json=body, timeout=0.3)  # leaves long before the answer is done
+    engine = app.state.serving.engine
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and app.state.engine_thread.num_aborted == aborted_before:
+        time.sleep(0.05)
+    assert app.state.engine_thread.num_aborted == aborted_before + 1
+    assert not engine.has_unfinished()
+    stats = engine.stats()
+    assert stats["num_free_gpu_blocks"] == stats["num_gpu_blocks"]
