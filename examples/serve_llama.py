@@ -53,6 +53,7 @@ USERS = [
 ]  # fmt: skip
 DEFAULT_OUTPUT = Path("benchmarks/results/serve_llama")
 PROMPT_ALLOWANCE = 48  # tokens a turn's new message and chat markers take, for sizing the default KV pool
+KV_BUDGET_SHARE = 0.3  # of what every conversation's full context needs: most contexts must live on the host
 
 
 @dataclass
@@ -180,14 +181,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=4, help=f"users chatting at once, 1-{len(USERS)} (default 4)")
     parser.add_argument("--turns", type=int, default=3, help="turns per user (default 3)")
     parser.add_argument("--max-tokens", type=int, default=40, help="tokens per answer at most (default 40)")
-    parser.add_argument("--kv-blocks", type=int, help="device KV blocks of 16 tokens (default: ~40%% of what "
+    parser.add_argument("--kv-blocks", type=int, help="device KV blocks of 16 tokens (default: ~30%% of what "
                         "all conversations need, so contexts must be switched)")  # fmt: skip
     parser.add_argument("--max-model-len", type=int, help="longest context in tokens (default: the model's, "
                         "at most 2048 on CPU)")  # fmt: skip
     parser.add_argument("--priority-update-freq", type=float, default=0.0,
                         help="per-step probability of re-drawn priorities, as in the paper (default 0: fixed)")  # fmt: skip
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT, help=f"plot and JSON (default {DEFAULT_OUTPUT})")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: for a 135M model on a small or shared CPU, more threads "
+                        "mostly wait on each other; raise it on a quiet many-core machine)")  # fmt: skip
     parser.add_argument("--attention-backend", default="auto", choices=("auto", "triton", "torch"),
                         help="attention kernels (default auto: Triton on GPU, torch on CPU)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="engine seed (default 0)")
@@ -197,23 +200,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.model, args.users, args.turns, args.max_tokens = args.model or "tiny-random", 3, 2, 6
     if not 1 <= args.users <= len(USERS):
         parser.error(f"--users={args.users} must lie in 1..{len(USERS)}")
-    if args.turns < 1 or args.max_tokens < 1:
-        parser.error(f"--turns={args.turns} and --max-tokens={args.max_tokens} must be at least 1")
+    for name in ("turns", "max_tokens", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be at least 1")
     if args.kv_blocks is None:
         per_user = math.ceil(args.turns * (args.max_tokens + PROMPT_ALLOWANCE) / 16) + 1
-        args.kv_blocks = max(per_user + 2, math.ceil(0.4 * per_user * args.users))
+        args.kv_blocks = max(per_user + 2, math.ceil(KV_BUDGET_SHARE * per_user * args.users))
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    source = resolve_model(args.model)
-    print(f"model {source}; {args.users} users x {args.turns} turns; {args.kv_blocks} KV blocks of 16 tokens",
-          file=sys.stderr)  # fmt: skip
-    loaded = load_model(source, device=resolve_device("auto"))
-    results = {preset: run_preset(loaded, Path(str(source)).name, preset, args) for preset in PRESETS}
+    torch.set_num_threads(args.threads)
+    try:  # a bad model path or KV size: say what to fix, without a traceback
+        source = resolve_model(args.model)
+        print(f"model {source}; {args.users} users x {args.turns} turns; {args.kv_blocks} KV blocks of 16 tokens",
+              file=sys.stderr)  # fmt: skip
+        loaded = load_model(source, device=resolve_device("auto"))
+        results = {preset: run_preset(loaded, Path(str(source)).name, preset, args) for preset in PRESETS}
+    except ValueError as exc:
+        raise SystemExit(f"serve_llama.py: error: {exc}") from None
 
     for preset, (records, _) in results.items():
         print(f"\n== per user, {preset} preset ==")
