@@ -1,48 +1,30 @@
-"""LLM: the facade notebooks and scripts use. Load a model, then `generate` or `chat`.
+"""LLM: the facade notebooks and scripts use. Load a model, then `generate`, `chat`, or hold a
+multi-turn `conversation`; or drive the engine step by step (`add_request`, `step`).
 
-This version runs a simple run-to-completion loop with continuous batching: up to `max_num_seqs`
-requests run together; each step packs the decode tokens of running requests and the prompt pieces
-of new ones (chunked to `max_num_batched_tokens`) into one forward. A request reserves the blocks
-for its whole length (prompt + max_tokens) when it is admitted, so the loop never needs to preempt;
-requests are admitted in priority order (0 most urgent), then prompt order. The preemptive engine
-(scheduler, swapping) replaces `_run` and keeps this interface.
+Behind it is the preemptive engine (fastswitch/engine.py): iteration-level batching under a token
+budget, the scheduling policy of the config (`fcfs`, `priority`, `vtc`), preemption by swap or
+recompute, and the three FastSwitch mechanisms as the preset and overrides set them. `stats()` gives
+the engine's counters (swaps, bytes, copy calls, time the executor waited on swaps) and the run's
+tail latencies.
 
 Prompts may be strings (tokenized as they are, with the tokenizer's special tokens such as BOS) or
-token-id lists (taken as they are). The chat template is applied only by `chat`, which renders a
-conversation (a list of {"role", "content"} messages) with the checkpoint's template and a
-generation prompt.
+token-id lists (taken as they are). The chat template is applied only by `chat` and conversations.
+Within one `generate` call, requests are submitted in priority order (0 most urgent), then prompt
+order, so even `fcfs` admits them by priority; `policy="priority"` also preempts for it.
 """
 
 from __future__ import annotations
 
-import time
-from collections import deque
-from dataclasses import dataclass
+from typing import Hashable
 
-import torch
-
-from fastswitch.cache import BlockManager, KVCache
 from fastswitch.config import EngineConfig
+from fastswitch.engine import Engine
 from fastswitch.models.llama import max_supported_len
 from fastswitch.models.loader import load_model, resolve_device
-from fastswitch.models.runner import ForwardChunk, ModelRunner, default_num_blocks, kv_cache_spec
-from fastswitch.models.sampling import Sampler, SamplingParams
-from fastswitch.outputs import RequestMetrics, RequestOutput
-
-
-@dataclass
-class _Sequence:
-    """One request's state in the loop."""
-
-    output: RequestOutput
-    params: SamplingParams
-    generator: torch.Generator
-    priority: int
-    num_cached: int = 0  # tokens whose K/V are in the cache
-
-    @property
-    def tokens(self) -> list[int]:
-        return self.output.prompt_token_ids + self.output.token_ids
+from fastswitch.models.runner import default_num_blocks, kv_cache_spec
+from fastswitch.models.sampling import SamplingParams
+from fastswitch.outputs import RequestOutput
+from fastswitch.sched.conversation import Conversation
 
 
 class LLM:
@@ -61,39 +43,48 @@ class LLM:
         self.max_model_len = self.config.max_model_len or limit
         if self.max_model_len > limit:
             raise ValueError(f"max_model_len={self.max_model_len} exceeds the model's limit of {limit} tokens")
-        spec = kv_cache_spec(self.model)
-        block_size = self.config.block_size
         num_blocks = self.config.num_gpu_blocks or default_num_blocks(
-            spec, block_size, self.config.max_num_seqs, self.max_model_len, device
+            kv_cache_spec(self.model), self.config.block_size, self.config.max_num_seqs, self.max_model_len, device
         )
-        self.kv_cache = KVCache(
-            num_blocks, spec.num_layers, block_size, spec.num_kv_heads, spec.head_dim, spec.dtype, device
-        )
-        self.block_manager = BlockManager(num_blocks, block_size, block_groups=self.config.block_groups)
-        self.runner = ModelRunner(self.model, self.kv_cache, backend=self.config.attention_backend)
-        self.sampler = Sampler()
-        self._generator = torch.Generator().manual_seed(self.config.seed)  # for requests without a seed
+        detokenize = None
+        if self.tokenizer is not None:
+            detokenize = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        self.engine = Engine.for_model(
+            self.model, self.config, self.max_model_len, num_blocks,
+            eos_token_ids=self.eos_token_ids, detokenize=detokenize,
+        )  # fmt: skip
+        self.kv_cache = self.engine.device_cache
         self._next_request_id = 0
-        self._counters = {"num_steps": 0, "num_prompt_tokens": 0, "num_generated_tokens": 0}
+        self._next_conversation_id = 0
+
+    # ---- run to completion ----------------------------------------------------------------------
 
     def generate(
         self,
         prompts: str | list[str] | list[list[int]],
         sampling_params: SamplingParams | list[SamplingParams] | None = None,
         priorities: list[int] | None = None,
+        client_ids: list[Hashable] | None = None,
     ) -> list[RequestOutput]:
-        """Run every prompt to completion; outputs in prompt order. ValueError before anything runs."""
+        """Run every prompt to completion; outputs in prompt order. ValueError before anything runs.
+
+        client_ids: who sent each prompt, for the `vtc` policy (default: one client).
+        """
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         params = self._per_prompt("sampling_params", sampling_params or SamplingParams(), len(prompts))
         priorities = self._per_prompt("priorities", 0 if priorities is None else priorities, len(prompts))
+        clients = self._per_prompt("client_ids", "default" if client_ids is None else client_ids, len(prompts))
         checked = [self._check_request(p, sp, pr) for p, sp, pr in zip(prompts, params, priorities)]
-        arrival = time.monotonic()
-        sequences = [
-            self._new_sequence(text, ids, sp, pr, arrival) for (text, ids), sp, pr in zip(checked, params, priorities)
-        ]
-        self._run(sequences)
-        return [seq.output for seq in sequences]
+        ids = [self._new_request_id() for _ in prompts]
+        outputs: list[RequestOutput | None] = [None] * len(prompts)
+        for i in sorted(range(len(prompts)), key=lambda i: priorities[i]):  # stable: prompt order within a level
+            text, token_ids = checked[i]
+            outputs[i] = self.engine.add_request(
+                token_ids, params[i], request_id=ids[i], priority=priorities[i], client_id=clients[i], prompt=text
+            )
+        self._run_until(outputs)
+        return outputs
 
     def chat(
         self,
@@ -101,9 +92,9 @@ class LLM:
         sampling_params: SamplingParams | list[SamplingParams] | None = None,
         priorities: list[int] | None = None,
     ) -> list[RequestOutput]:
-        """Answer one conversation (a list of {"role", "content"} messages) or a list of them."""
-        if self.tokenizer is None or getattr(self.tokenizer, "chat_template", None) is None:
-            raise ValueError("chat needs a tokenizer with a chat template; this model has none")
+        """Answer one conversation (a list of {"role", "content"} messages) or a list of them, statelessly.
+        For a conversation that continues turn after turn on its own KV, use `conversation()`."""
+        self._check_chat_template()
         if conversations and isinstance(conversations[0], dict):
             conversations = [conversations]
         rendered = [
@@ -116,20 +107,65 @@ class LLM:
             output.prompt = text
         return outputs
 
+    def conversation(self, system: str | None = None, priority: int = 0, client_id: Hashable = None) -> "ChatSession":
+        """A multi-turn chat whose turns append to one KV context: `session.send("...")` answers a turn."""
+        self._check_chat_template()
+        conversation_id = f"chat-{self._next_conversation_id}"
+        self._next_conversation_id += 1
+        handle = Conversation(self.engine, conversation_id, client_id, priority)
+        return ChatSession(self, handle, system)
+
+    # ---- step by step -----------------------------------------------------------------------------
+
+    def add_request(
+        self, prompt, sampling_params: SamplingParams | None = None, priority: int = 0, client_id: Hashable = "default"
+    ) -> RequestOutput:
+        """Queue one request without running it; `step()` advances it, and its output fills in."""
+        params = sampling_params or SamplingParams()
+        text, token_ids = self._check_request(prompt, params, priority)
+        return self.engine.add_request(
+            token_ids, params, request_id=self._new_request_id(), priority=priority, client_id=client_id, prompt=text
+        )
+
+    def step(self) -> list[RequestOutput]:
+        """One engine iteration; returns the outputs that got a token (finished ones included)."""
+        return self.engine.step()
+
+    def has_unfinished(self) -> bool:
+        return self.engine.has_unfinished()
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        return self.engine.abort(request_id)
+
     def stats(self) -> dict:
-        """Counters of the engine. This loop never swaps, so the swap counters stay 0."""
-        return {
-            "swap_out_count": 0,
-            "swap_in_count": 0,
-            "swap_out_bytes": 0,
-            "swap_in_bytes": 0,
-            "copy_calls": 0,
-            "num_preemptions": 0,
-            **self._counters,
-            "num_gpu_blocks": self.kv_cache.num_blocks,
-            "num_free_gpu_blocks": self.block_manager.num_free,
-            "block_bytes": self.kv_cache.block_bytes,
-        }
+        """Engine counters (swap_out_count, swap_in_count, swap_out_bytes, swap_in_bytes, copy_calls,
+        reused_blocks, executor_idle_on_swaps, ...) and the run's TTFT/TBT percentiles and throughput."""
+        return self.engine.stats()
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def _submit_turn(self, conversation: Conversation, new_token_ids: list[int], params, text: str) -> RequestOutput:
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"sampling_params {params!r} is not a SamplingParams")
+        params.check_vocab(self.model.vocab_size)
+        self._check_length(len(conversation.token_ids) + len(new_token_ids) + params.max_tokens, params)
+        return conversation.submit(new_token_ids, params, prompt=text, request_id=self._new_request_id())
+
+    # ---- helpers -----------------------------------------------------------------------------------
+
+    def _run_until(self, outputs: list[RequestOutput]) -> None:
+        while not all(output.finished for output in outputs):
+            self.engine.step()
+
+    def _new_request_id(self) -> str:
+        request_id = str(self._next_request_id)
+        self._next_request_id += 1
+        return request_id
+
+    def _check_chat_template(self) -> None:
+        if self.tokenizer is None or getattr(self.tokenizer, "chat_template", None) is None:
+            raise ValueError("chat needs a tokenizer with a chat template; this model has none")
 
     @staticmethod
     def _per_prompt(name: str, value, count: int) -> list:
@@ -157,85 +193,75 @@ class LLM:
         if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab for t in token_ids):
             raise ValueError(f"a prompt holds token ids outside the vocabulary 0..{vocab - 1}")
         params.check_vocab(vocab)
-        total = len(token_ids) + params.max_tokens
+        self._check_length(len(token_ids) + params.max_tokens, params, prompt_len=len(token_ids))
+        return text, token_ids
+
+    def _check_length(self, total: int, params: SamplingParams, prompt_len: int | None = None) -> None:
+        # A request that could never complete is refused up front rather than cut short later.
         if total > self.max_model_len:
+            prompt = f"prompt of {prompt_len if prompt_len is not None else total - params.max_tokens} tokens"
             raise ValueError(
-                f"prompt of {len(token_ids)} tokens + max_tokens={params.max_tokens} = {total} exceeds "
-                f"max_model_len={self.max_model_len}"
+                f"{prompt} + max_tokens={params.max_tokens} = {total} exceeds max_model_len={self.max_model_len}"
             )
-        blocks = self.block_manager.blocks_for_tokens(total)
+        blocks = -(-total // self.config.block_size)
         if blocks > self.kv_cache.num_blocks:
             raise ValueError(
                 f"a request of {total} tokens needs {blocks} KV blocks but the cache holds {self.kv_cache.num_blocks}"
             )
-        return text, token_ids
 
-    def _new_sequence(
-        self, text: str | None, token_ids: list[int], params: SamplingParams, priority: int, arrival: float
-    ) -> _Sequence:
-        request_id = str(self._next_request_id)
-        self._next_request_id += 1
-        output = RequestOutput(request_id, text, token_ids, [], None, None, RequestMetrics(arrival))
-        generator = self._generator if params.seed is None else torch.Generator().manual_seed(params.seed)
-        return _Sequence(output, params, generator, priority)
 
-    def _run(self, sequences: list[_Sequence]) -> None:
-        waiting = deque(sorted(sequences, key=lambda s: s.priority))  # stable: prompt order within a level
-        running: list[_Sequence] = []
-        while waiting or running:
-            while waiting and len(running) < self.config.max_num_seqs:
-                seq = waiting[0]
-                # The last sampled token is never fed back, so the cache holds at most total - 1 tokens.
-                reserve = len(seq.output.prompt_token_ids) + seq.params.max_tokens - 1
-                if not self.block_manager.can_fit(seq.output.request_id, reserve):
-                    break
-                self.block_manager.ensure_capacity(seq.output.request_id, reserve)
-                running.append(waiting.popleft())
-            self._step(running)
-            for seq in [s for s in running if s.output.finished]:
-                self.block_manager.free(seq.output.request_id)
-                running.remove(seq)
+class ChatSession:
+    """A chat on one KV context: each `send` renders only the new message with the chat template and
+    appends its tokens to exactly the tokens the conversation holds (earlier prompts and answers)."""
 
-    def _step(self, running: list[_Sequence]) -> None:
-        """One forward: every running request feeds the tokens not yet cached, within the token budget."""
-        budget = self.config.max_num_batched_tokens
-        chunks, fed = [], []
-        for seq in running:
-            if budget == 0:
-                break
-            pending = seq.tokens[seq.num_cached :]
-            take = min(len(pending), budget)
-            block_table = self.block_manager.block_table(seq.output.request_id)
-            chunks.append(ForwardChunk(pending[:take], seq.num_cached, block_table))
-            fed.append((seq, take == len(pending)))
-            budget -= take
-        logits = self.runner.forward(chunks)
-        self._counters["num_steps"] += 1
-        for (seq, _), chunk in zip(fed, chunks):
-            seq.num_cached += len(chunk.token_ids)
-            if seq.num_cached <= len(seq.output.prompt_token_ids):
-                self._counters["num_prompt_tokens"] += len(chunk.token_ids)
-        # Only a request whose every token is now cached has its next-token logits in this step.
-        ready = [row for row, (_, complete) in enumerate(fed) if complete]
-        if not ready:
-            return
-        seqs = [fed[row][0] for row in ready]
-        tokens = self.sampler.sample(logits[ready], [s.params for s in seqs], [s.generator for s in seqs])
-        now = time.monotonic()
-        for seq, token in zip(seqs, tokens):
-            self._append_token(seq, token, now)
+    def __init__(self, llm: LLM, conversation: Conversation, system: str | None) -> None:
+        self.llm = llm
+        self.conversation = conversation
+        self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
 
-    def _append_token(self, seq: _Sequence, token: int, now: float) -> None:
-        output, params = seq.output, seq.params
-        output.token_ids.append(token)
-        output.metrics.record_token(now)
-        self._counters["num_generated_tokens"] += 1
-        if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
-            output.finish_reason = "stop"
-        elif len(output.token_ids) >= params.max_tokens:
-            output.finish_reason = "length"
-        if output.finished:
-            output.metrics.finish_time = now
-            kept = output.token_ids[:-1] if output.finish_reason == "stop" else output.token_ids
-            if self.tokenizer is not None:
-                output.text = self.tokenizer.decode(kept, skip_special_tokens=True)
+    @property
+    def turns(self) -> list[RequestOutput]:
+        return self.conversation.turns
+
+    def submit(self, text: str, sampling_params: SamplingParams | None = None) -> RequestOutput:
+        """Queue the next user message without running it (step the LLM, or call `send`)."""
+        if self.conversation.busy:
+            raise ValueError("the previous turn is still running; step the LLM until it finishes")
+        params = sampling_params or SamplingParams()
+        if self.turns:
+            self.messages.append({"role": "assistant", "content": self.turns[-1].text or ""})
+        messages = self.messages + [{"role": "user", "content": text}]
+        new_ids = self._new_tokens(messages)
+        output = self.llm._submit_turn(self.conversation, new_ids, params, text)
+        self.messages = messages
+        return output
+
+    def send(self, text: str, sampling_params: SamplingParams | None = None) -> RequestOutput:
+        """Answer one user message; other queued work advances alongside it."""
+        output = self.submit(text, sampling_params)
+        self.llm._run_until([output])
+        return output
+
+    def close(self) -> None:
+        self.conversation.close()
+
+    def _new_tokens(self, messages: list[dict]) -> list[int]:
+        tokenizer = self.llm.tokenizer
+        full = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if not self.turns:
+            return tokenizer(full, add_special_tokens=False)["input_ids"]
+        # The text the context already holds ends at the last answer's tokens; the template renders
+        # what follows them (the end-of-turn marker when the answer stopped early, separators, the
+        # new message, the generation prompt). Only that suffix is new.
+        before = tokenizer.apply_chat_template(self.messages, add_generation_prompt=False, tokenize=False)
+        answer = self.messages[-1]["content"].strip()  # templates may trim whitespace around a message
+        cut = before.rfind(answer) + len(answer)
+        if not full.startswith(before[:cut]):
+            raise ValueError("this chat template does not render a conversation as a prefix of its continuation")
+        suffix = full[cut:]
+        last = self.turns[-1]
+        if last.finish_reason == "stop" and last.token_ids:
+            ended = tokenizer.decode(last.token_ids[-1:])  # the end-of-turn token the answer already holds
+            if suffix.startswith(ended):
+                suffix = suffix[len(ended):]
+        return tokenizer(suffix, add_special_tokens=False)["input_ids"]

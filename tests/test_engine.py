@@ -146,3 +146,72 @@ def test_request_that_outgrows_the_cache_stops_at_its_limit(model):
     engine.run_until_done()
     engine.close()
     assert output.finish_reason == "length" and len(output.token_ids) == 16 - 10
+
+
+# ---- through the LLM facade ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chat_model_folder(tmp_path_factory):
+    from fastswitch.server.model_sources import tiny_random_llama
+
+    return tiny_random_llama(seed=0, root=tmp_path_factory.mktemp("tiny") / "model")
+
+
+def test_llm_conversation_appends_turns_to_one_context(chat_model_folder):
+    from fastswitch.llm import LLM
+
+    llm = LLM(chat_model_folder, block_size=8, attention_backend="torch", num_gpu_blocks=64)
+    session = llm.conversation(system="be brief")
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    first = session.send("hello there", params)
+    before = llm.stats()["num_prompt_tokens"]
+    second = session.send("and again", params)
+    context = first.prompt_token_ids + first.token_ids
+    assert second.prompt_token_ids[: len(context)] == context
+    # Only the new message's tokens (and the last answer token, never fed back) were prefilled: the
+    # context's KV was kept between the turns.
+    assert llm.stats()["num_prompt_tokens"] - before == len(second.prompt_token_ids) - len(context) + 1
+    assert second.token_ids == llm.generate([second.prompt_token_ids], params)[0].token_ids
+    assert second.text is not None and second.prompt == "and again"
+    session.close()
+    llm.close()
+    assert llm.stats()["num_free_gpu_blocks"] == 64
+
+
+def test_llm_stats_show_reuse_on_a_conversations_second_eviction(chat_model_folder):
+    from fastswitch.llm import LLM
+
+    llm = LLM(chat_model_folder, block_size=8, attention_backend="torch", num_gpu_blocks=12, num_cpu_blocks=64,
+              async_swap=False)  # fmt: skip
+    block_bytes = llm.stats()["block_bytes"]
+    session = llm.conversation()
+    first = session.send("x" * 20, SamplingParams(max_tokens=6, ignore_eos=True))
+    kept = len(first.prompt_token_ids) + len(first.token_ids) - 1  # the last token is never fed back
+    filler = SamplingParams(max_tokens=1, ignore_eos=True)
+    llm.generate([[65] * 90], filler)  # 12 blocks: the idle context must leave the device
+    stats = llm.stats()
+    assert stats["swap_out_bytes"] == -(-kept // 8) * block_bytes
+    second = session.send("y" * 20, SamplingParams(max_tokens=6, ignore_eos=True))
+    kept_after = len(second.prompt_token_ids) + len(second.token_ids) - 1
+    llm.generate([[66] * 90], filler)
+    stats2 = llm.stats()
+    # Only blocks from the first one the host did not hold whole were copied the second time.
+    new_blocks = -(-kept_after // 8) - kept // 8
+    assert stats2["swap_out_bytes"] - stats["swap_out_bytes"] == new_blocks * block_bytes
+    assert stats2["reused_bytes"] == (kept // 8) * block_bytes
+    session.close()
+    llm.close()
+
+
+def test_llm_step_by_step(chat_model_folder):
+    from fastswitch.llm import LLM
+
+    llm = LLM(chat_model_folder, block_size=8, attention_backend="torch", num_gpu_blocks=32, policy="priority")
+    low = llm.add_request("first", SamplingParams(max_tokens=4, ignore_eos=True), priority=3)
+    high = llm.add_request("second", SamplingParams(max_tokens=4, ignore_eos=True), priority=0)
+    seen = []
+    while llm.has_unfinished():
+        seen += [o.request_id for o in llm.step()]
+    assert low.finished and high.finished and seen.count(low.request_id) == 4
+    llm.close()
