@@ -67,6 +67,8 @@ STORMS = {
     "fastswitch-async-swap": dict(preset="fastswitch"),
     "fastswitch-sync-swap": dict(preset="fastswitch", async_swap=False),
     "recompute": dict(preset="fastswitch", preemption_mode="recompute"),
+    "markov-async-recompute": dict(preset="fastswitch", priority_pattern="markov", preemption_mode="recompute"),
+    "vtc-swap": dict(preset="fastswitch", policy="vtc"),
 }
 
 
@@ -76,7 +78,7 @@ def test_preemption_storm_completes_with_unconstrained_outputs_and_no_leaks(mode
         num_gpu_blocks=8, num_cpu_blocks=64, max_num_seqs=6, max_num_batched_tokens=24,
         policy="priority", priority_update_freq=0.3, seed=3,
     )
-    outputs, engine = run(model, prompts, **STORMS[storm], **overrides)
+    outputs, engine = run(model, prompts, **{**overrides, **STORMS[storm]})
     assert [o.token_ids for o in outputs] == reference
     assert all(o.finish_reason == "length" for o in outputs)
     stats = engine.stats()
