@@ -1,15 +1,11 @@
-"""Runs the app on a real uvicorn server on 127.0.0.1 (a free port), on its own thread."""
+"""A server over a model folder, on a real socket on 127.0.0.1, for the tests."""
 
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
-import time
-
-import uvicorn
 
 from fastswitch.server import ServingEngine, create_app
+from fastswitch.server.background import serving_in_background
 
 
 @contextlib.contextmanager
@@ -18,19 +14,5 @@ def running_server(model_folder, **overrides):
     overrides = {"attention_backend": "torch", "max_model_len": 512, **overrides}
     serving = ServingEngine.load(model_folder, progress=False, **overrides)
     app = create_app(serving, model_id="tiny")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with serving_in_background(app) as base_url:
+        yield base_url, app

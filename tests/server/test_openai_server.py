@@ -160,9 +160,11 @@ def test_vtc_serves_a_new_client_before_another_clients_backlog(tiny_model):
             done[name] = time.monotonic()
 
         with ThreadPoolExecutor(4) as pool:
-            backlog = [pool.submit(ask, f"heavy-{i}", heavy, 40) for i in range(3)]
-            while not app.state.serving.engine.stats()["num_steps"]:
-                time.sleep(0.005)  # the backlog is being served
+            backlog = [pool.submit(ask, f"heavy-{i}", heavy, 80) for i in range(3)]
+            deadline = time.monotonic() + 30
+            while app.state.engine_thread.num_live < 3:  # the whole backlog is queued, its first request running
+                assert time.monotonic() < deadline, "the backlog never got queued"
+                time.sleep(0.005)
             pool.submit(ask, "light", light, 4, user="light").result()
             for future in backlog:
                 future.result()
