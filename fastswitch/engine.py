@@ -32,7 +32,7 @@ from fastswitch.models.sampling import Sampler, SamplingParams
 from fastswitch.outputs import RequestOutput
 from fastswitch.sched.conversation import Conversation
 from fastswitch.sched.metrics import RunMetrics
-from fastswitch.sched.request import Request, ScheduledChunk
+from fastswitch.sched.request import Request, ScheduledChunk, SchedulerOutput
 from fastswitch.sched.scheduler import Scheduler
 
 HOST_BLOCKS_PER_DEVICE_BLOCK = 4  # EngineConfig: num_cpu_blocks=None gives the host 4x the device pool
@@ -122,6 +122,7 @@ class Engine:
         self.num_prompt_tokens = 0
         self.num_generated_tokens = 0
         self._outputs: dict[str, RequestOutput] = {}
+        self.last_schedule: SchedulerOutput | None = None
         self._ids = itertools.count()
         self._conversation_ids = itertools.count()
         self._lock = threading.RLock()
@@ -217,6 +218,7 @@ class Engine:
         """One iteration; returns the outputs of the requests that got a token (or finished) in it."""
         with self._lock:
             out = self.scheduler.schedule(self.executor.now())
+            self.last_schedule = out  # what this step decided, for notebooks and traces
             swaps_done_at = self.executor.now()
             if out.is_empty:
                 if self.swap_manager.num_in_flight:

@@ -100,7 +100,6 @@ class SchedulerOutput:
     swapped_out: list[str] = field(default_factory=list)  # request ids (or conversation ids for idle contexts)
     swapped_in: list[str] = field(default_factory=list)
     recomputed: list[str] = field(default_factory=list)  # preempted by dropping their KV
-    finished: list[Request] = field(default_factory=list)  # finished or aborted during scheduling
     num_batched_tokens: int = 0
 
     @property

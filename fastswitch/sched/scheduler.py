@@ -41,7 +41,6 @@ class Scheduler:
         self.by_seq: dict[Hashable, Request] = {}
         self.idle_contexts: dict[Hashable, int] = {}  # conversation KV between turns -> cached tokens, LRU order
         self.last_batch_size = 0
-        self.num_steps = 0
 
     # ---- arrivals and departures -------------------------------------------------------------
 
@@ -136,7 +135,6 @@ class Scheduler:
             out.chunks.append(self._chunk(request, num_new))
             budget -= num_new
         out.num_batched_tokens = self.config.max_num_batched_tokens - budget
-        self.num_steps += 1
         return out
 
     def update(self, out: SchedulerOutput, sampled: list[int | None], now: float, swaps_done_at: float) -> list[Request]:

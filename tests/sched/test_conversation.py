@@ -95,6 +95,8 @@ def test_adaptive_swap_waits_for_small_swaps_and_overlaps_large_ones(victim_is_s
     # The victim is the lowest-ranked resident: the later arrival. A small swap is waited for so the
     # urgent request runs at once; a large one runs in the background and the urgent request waits.
     stats = engine.stats()
+    victim = outputs[order[-1]].request_id
+    assert engine.last_schedule.swapped_out == [victim] and not engine.last_schedule.recomputed
     if victim_is_small:
         assert stats["blocking_swaps"] == 1 and not copies.in_flight and len(urgent.token_ids) == 1
     else:
