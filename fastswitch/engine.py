@@ -36,6 +36,7 @@ from fastswitch.sched.request import Request, ScheduledChunk, SchedulerOutput
 from fastswitch.sched.scheduler import Scheduler
 
 HOST_BLOCKS_PER_DEVICE_BLOCK = 4  # EngineConfig: num_cpu_blocks=None gives the host 4x the device pool
+GPU_PACK_MIN_RUNS = 3  # a pack kernel launch (~5 us) beats three or more copy calls of 2-7 us each
 
 
 class Executor(Protocol):
@@ -101,9 +102,11 @@ class Engine:
         vocab_size: int | None = None,
         detokenize: Callable[[list[int]], str] | None = None,
         adaptive_sync_blocks: int = 4,
+        pack_min_runs: int | None = None,
     ) -> None:
         """adaptive_sync_blocks: with async swapping, swaps of at most this many blocks are waited for
-        when the batch would otherwise shrink (see sched/scheduler.py)."""
+        when the batch would otherwise shrink (see sched/scheduler.py). pack_min_runs: swaps of a
+        sequence fragmented into at least this many runs use the pack kernel (cache/swap_manager.py)."""
         self.config = config
         self.executor = executor
         self.eos_token_ids = tuple(eos_token_ids)
@@ -114,6 +117,7 @@ class Engine:
         self.swap_manager = SwapManager(
             device, host, copy_engine, num_layers, block_bytes,
             asynchronous=config.async_swap, kv_reuse=config.kv_reuse, clock=executor.now,
+            pack_min_runs=pack_min_runs,
         )
         self.scheduler = Scheduler(config, self.swap_manager, max_model_len, adaptive_sync_blocks)
         self.run_metrics = RunMetrics()
@@ -139,6 +143,9 @@ class Engine:
         runner = ModelRunner(model, device_cache, backend=config.attention_backend)
         executor = ModelExecutor(runner, Sampler(), config.seed)
         copies = TorchCopyEngine(device_cache, host_cache, asynchronous=config.async_swap)
+        if device_cache.data.is_cuda and config.block_groups:
+            # A few link calls cost more than one gather at HBM speed (2-7 us per call, REFERENCES.md).
+            kwargs.setdefault("pack_min_runs", GPU_PACK_MIN_RUNS)
         engine = cls(
             config, executor, copies, num_gpu_blocks=num_gpu_blocks, num_cpu_blocks=num_cpu_blocks,
             num_layers=model.num_layers, block_bytes=device_cache.block_bytes, max_model_len=max_model_len,

@@ -11,7 +11,9 @@ wait on. Implementations:
 
 A job's granularity follows the config: `per_layer=False` moves each (source run, destination run)
 pair in one call (block groups, block-major layout); `per_layer=True` issues one call per block per
-layer per K/V, as vLLM 0.3.3 does. `CopyJob.num_calls` counts calls either way.
+layer per K/V, as vLLM 0.3.3 does. A `packed` job is a fragmented device side against one contiguous
+host range: the pack kernel gathers the device runs into a staging tensor (or unpack scatters it)
+and a single call crosses the link. `CopyJob.num_calls` counts link calls in every case.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Literal, Protocol
 import torch
 
 from fastswitch.cache.kv_cache import KVCache
+from fastswitch.kernels import pack_blocks, unpack_blocks
 
 @dataclass(frozen=True)
 class CopyPair:
@@ -38,6 +41,7 @@ class CopyJob:
     per_layer: bool
     num_layers: int
     block_bytes: int  # one block, all layers, K and V
+    packed: bool = False  # device runs gathered/scattered by the pack kernel around one host copy
 
     @property
     def num_blocks(self) -> int:
@@ -49,7 +53,19 @@ class CopyJob:
 
     @property
     def num_calls(self) -> int:
+        if self.packed:
+            return 1
         return self.num_blocks * self.num_layers * 2 if self.per_layer else len(self.pairs)
+
+    @property
+    def device_runs(self) -> list[tuple[int, int]]:
+        return [(p.src if self.direction == "out" else p.dst, p.length) for p in self.pairs]
+
+    @property
+    def host_start(self) -> int:
+        """First host block of a packed job, whose host side is one contiguous range."""
+        first = self.pairs[0]
+        return first.dst if self.direction == "out" else first.src
 
 
 class CopyHandle(Protocol):
@@ -134,6 +150,9 @@ class TorchCopyEngine:
             self._stream.synchronize()
 
     def _run(self, job: CopyJob, non_blocking: bool) -> None:
+        if job.packed:
+            self._run_packed(job, non_blocking)
+            return
         src, dst = (self.device_cache.data, self.host_cache.data)
         if job.direction == "in":
             src, dst = dst, src
@@ -145,3 +164,14 @@ class TorchCopyEngine:
                 for layer in range(job.num_layers):
                     for kv in (0, 1):
                         dst[pair.dst + b, layer, kv].copy_(src[pair.src + b, layer, kv], non_blocking=non_blocking)
+
+    def _run_packed(self, job: CopyJob, non_blocking: bool) -> None:
+        # Staging tensors are made on the stream that uses them, so the allocator never hands their
+        # memory out again before that stream is past them.
+        device, host = self.device_cache.data, self.host_cache.data
+        backend = "auto" if device.is_cuda else "torch"
+        host_range = host[job.host_start : job.host_start + job.num_blocks]
+        if job.direction == "out":
+            host_range.copy_(pack_blocks(device, job.device_runs, backend=backend), non_blocking=non_blocking)
+        else:
+            unpack_blocks(host_range.to(device.device, non_blocking=non_blocking), device, job.device_runs, backend=backend)

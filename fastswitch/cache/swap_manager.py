@@ -74,7 +74,14 @@ class SwapManager:
         asynchronous: bool,
         kv_reuse: bool,
         clock: Callable[[], float] = time.perf_counter,
+        pack_min_runs: int | None = None,
     ) -> None:
+        """pack_min_runs: a swap whose device side is at least this many runs, against one contiguous
+        host range, goes through the pack kernel and one link copy (None: never). Worth it where a
+        copy call costs microseconds (a GPU: 2-7 us per cudaMemcpyAsync, REFERENCES.md) and the
+        gather runs at HBM speed; on a CPU it would only add a pass over the bytes."""
+        if pack_min_runs is not None and pack_min_runs < 2:
+            raise ValueError(f"pack_min_runs={pack_min_runs!r} must be at least 2 (or None)")
         if device.block_size != host.block_size:
             raise ValueError(f"device block_size={device.block_size} differs from host block_size={host.block_size}")
         self.device = device
@@ -87,6 +94,7 @@ class SwapManager:
         self.kv_reuse = kv_reuse
         self.per_layer = not device.block_groups  # vLLM's granularity: one call per block per layer per K/V
         self.clock = clock
+        self.pack_min_runs = pack_min_runs
         self.block_size = device.block_size
         self.stats = SwapStats()
         self._seqs: dict[Hashable, SequenceKV] = {}
@@ -251,7 +259,14 @@ class SwapManager:
 
     def _job(self, direction: str, src_blocks: list[int], dst_blocks: list[int]) -> CopyJob:
         pairs = tuple(CopyPair(*piece) for piece in copy_runs(src_blocks, dst_blocks))
-        job = CopyJob(direction, pairs, self.per_layer, self.num_layers, self.block_bytes)
+        host_blocks = dst_blocks if direction == "out" else src_blocks
+        packed = (
+            self.pack_min_runs is not None
+            and not self.per_layer
+            and len(pairs) >= self.pack_min_runs
+            and host_blocks == list(range(host_blocks[0], host_blocks[0] + len(host_blocks)))
+        )
+        job = CopyJob(direction, pairs, self.per_layer, self.num_layers, self.block_bytes, packed)
         self.stats.copy_calls += job.num_calls
         return job
 

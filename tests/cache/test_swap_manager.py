@@ -15,13 +15,15 @@ from fastswitch.cache.swap_manager import SwapManager
 LAYERS, BLOCK, HEADS, DIM = 3, 4, 2, 8
 
 
-def make_manager(block_groups=True, asynchronous=False, kv_reuse=False, device_blocks=16, host_blocks=16):
+def make_manager(
+    block_groups=True, asynchronous=False, kv_reuse=False, device_blocks=16, host_blocks=16, pack_min_runs=None
+):
     device = KVCache(device_blocks, LAYERS, BLOCK, HEADS, DIM, torch.float32)
     host = KVCache.host_pool_for(device, host_blocks)
     copies = TorchCopyEngine(device, host, asynchronous=asynchronous)
     manager = SwapManager(
         BlockManager(device_blocks, BLOCK, block_groups), BlockManager(host_blocks, BLOCK, block_groups),
-        copies, LAYERS, device.block_bytes, asynchronous, kv_reuse,
+        copies, LAYERS, device.block_bytes, asynchronous, kv_reuse, pack_min_runs=pack_min_runs,
     )
     return manager, device, host
 
@@ -185,3 +187,30 @@ def test_copy_job_counts():
     assert (job.num_blocks, job.num_bytes, job.num_calls) == (5, 50, 2)
     vllm = CopyJob("out", job.pairs, per_layer=True, num_layers=30, block_bytes=10)
     assert vllm.num_calls == 5 * 30 * 2
+
+
+@pytest.mark.parametrize("asynchronous", [True, False])
+def test_fragmented_sequence_moves_in_one_packed_call_each_way(asynchronous):
+    manager, device, _ = make_manager(asynchronous=asynchronous, pack_min_runs=2)
+    for name in ("a", "b", "c", "d"):
+        manager.allocate(name, 2 * BLOCK)
+    manager.drop("b")
+    manager.drop("d")
+    # "a" grows into b's old blocks, then past c into d's: three runs on the device.
+    table = manager.allocate("a", 6 * BLOCK)
+    assert manager.device.num_groups(manager._seqs["a"].device_key) >= 2
+    values = fill(device, table)
+    manager.swap_out("a", 6 * BLOCK, blocking=True)
+    assert manager.stats.copy_calls == 1
+    manager.allocate("e", 3 * BLOCK)  # "a" comes back to different, again fragmented blocks
+    manager.swap_in("a", blocking=True)
+    assert manager.stats.copy_calls == 2
+    assert torch.equal(device.data[manager.block_table("a")], values)
+    for name in ("a", "c", "e"):
+        manager.drop(name)
+    manager.close()
+
+
+def test_pack_threshold_is_checked():
+    with pytest.raises(ValueError, match="pack_min_runs=1"):
+        make_manager(pack_min_runs=1)
