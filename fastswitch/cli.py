@@ -135,7 +135,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             print(stream.push(new, output.finish_reason), end="", flush=True)
         ttft = output.metrics.ttft or 0.0
         print(f"\n[{len(output.token_ids)} tokens, TTFT {ttft * 1000:.0f} ms, {len(new_ids)} new prompt tokens, "
-              f"{conversation.token_ids.__len__()} in context]", file=sys.stderr)  # fmt: skip
+              f"{len(conversation.token_ids)} in context]", file=sys.stderr)  # fmt: skip
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": output.text}]
         last_stopped = output.finish_reason == "stop"
     conversation.close()

@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 
-import httpx2 as httpx
+import urllib.error
+import urllib.request
 import pytest
 import torch
 
@@ -134,14 +135,19 @@ def test_serve_answers_the_openai_api_from_a_subprocess(tmp_path):
         deadline = time.monotonic() + 120
         while True:
             try:
-                models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models") as response:
+                    models = json.load(response)
                 break
-            except httpx.TransportError:
+            except urllib.error.URLError:
                 assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()
                 time.sleep(0.2)
         assert models["data"][0]["id"] == "tiny"
-        answer = httpx.post(f"http://127.0.0.1:{port}/v1/completions",
-                            json={"model": "tiny", "prompt": "hi", "max_tokens": 3, "ignore_eos": True}).json()  # fmt: skip
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/completions", headers={"Content-Type": "application/json"},
+            data=json.dumps({"model": "tiny", "prompt": "hi", "max_tokens": 3, "ignore_eos": True}).encode(),
+        )  # fmt: skip
+        with urllib.request.urlopen(request) as response:
+            answer = json.load(response)
         assert answer["usage"]["completion_tokens"] == 3
     finally:
         server.terminate()

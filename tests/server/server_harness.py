@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
+from urllib.parse import urlsplit
 
 from fastswitch.server import ServingEngine, create_app
 from fastswitch.server.background import serving_in_background
@@ -16,3 +19,15 @@ def running_server(model_folder, **overrides):
     app = create_app(serving, model_id="tiny")
     with serving_in_background(app) as base_url:
         yield base_url, app
+
+
+def http_json(base_url: str, method: str, path: str, body: dict | bytes | None = None, timeout: float = 30):
+    """(status, parsed JSON body) of one plain HTTP request: the stdlib, so raw and malformed bodies can be sent."""
+    connection = http.client.HTTPConnection(urlsplit(base_url).netloc, timeout=timeout)
+    payload = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    try:
+        connection.request(method, path, body=payload, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        connection.close()

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx2 as httpx  # the HTTP client the openai package is built on
 import openai
 import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from server_harness import running_server
+from server_harness import http_json, running_server
 
 LONG = {"ignore_eos": True}  # the random model may sample its EOS early; these tests want exact lengths
 
@@ -92,12 +93,12 @@ def test_bad_requests_get_openai_errors(server, request_kwargs, status, param):
 
 def test_malformed_bodies_get_openai_errors(server):
     base_url, _ = server
-    missing = httpx.post(f"{base_url}/v1/chat/completions", json={"model": "tiny"})
-    assert missing.status_code == 400 and missing.json()["error"]["param"] == "messages"
-    not_json = httpx.post(f"{base_url}/v1/completions", content=b"{nope", headers={"content-type": "application/json"})
-    assert not_json.status_code == 400 and set(not_json.json()["error"]) == {"message", "type", "param", "code"}
-    nowhere = httpx.get(f"{base_url}/v1/engines")
-    assert nowhere.status_code == 404 and nowhere.json()["error"]["type"] == "not_found_error"
+    status, missing = http_json(base_url, "POST", "/v1/chat/completions", {"model": "tiny"})
+    assert status == 400 and missing["error"]["param"] == "messages"
+    status, not_json = http_json(base_url, "POST", "/v1/completions", b"{nope")
+    assert status == 400 and set(not_json["error"]) == {"message", "type", "param", "code"}
+    status, nowhere = http_json(base_url, "GET", "/v1/engines")
+    assert status == 404 and nowhere["error"]["type"] == "not_found_error"
 
 
 def test_many_concurrent_streams_under_preemption_all_complete(tiny_model):
@@ -130,18 +131,19 @@ def test_client_that_disconnects_mid_stream_frees_its_request_and_blocks(server)
     base_url, app = server
     aborted_before = app.state.engine_thread.num_aborted  # the stop-string test aborts one too
     body = {"model": "tiny", "prompt": "Tell me a long story", "max_tokens": 400, "stream": True, "ignore_eos": True}
-    with httpx.Client(timeout=30) as http:
-        with http.stream("POST", f"{base_url}/v1/completions", json=body) as response:
-            events = response.iter_lines()
-            received = [line for line, _ in zip((e for e in events if e.startswith("data:")), range(3))]
-            assert len(received) == 3 and json.loads(received[0][5:])["choices"][0]["finish_reason"] is None
-            engine = app.state.serving.engine
-            assert engine.has_unfinished() and engine.stats()["num_free_gpu_blocks"] < engine.stats()["num_gpu_blocks"]
-        # Leaving the block closes the connection with the answer far from done.
+    connection = http.client.HTTPConnection(base_url.removeprefix("http://"), timeout=30)
+    connection.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    events = (line for line in iter(response.readline, b"") if line.startswith(b"data:"))
+    received = [next(events) for _ in range(3)]
+    assert json.loads(received[0][5:])["choices"][0]["finish_reason"] is None
+    engine = app.state.serving.engine
+    assert engine.has_unfinished() and engine.stats()["num_free_gpu_blocks"] < engine.stats()["num_gpu_blocks"]
+    connection.close()  # hang up with the answer far from done
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and (engine.has_unfinished() or app.state.engine_thread.num_aborted == aborted_before):
         time.sleep(0.05)
-    stats = httpx.get(f"{base_url}/stats").json()
+    _, stats = http_json(base_url, "GET", "/stats")
     assert stats["num_aborted"] == aborted_before + 1 and stats["num_live_requests"] == 0
     assert not engine.has_unfinished()
     assert stats["num_free_gpu_blocks"] == stats["num_gpu_blocks"]
@@ -175,8 +177,8 @@ def test_client_that_gives_up_on_a_whole_answer_frees_its_request(server):
     base_url, app = server
     aborted_before = app.state.engine_thread.num_aborted
     body = {"model": "tiny", "prompt": "Another long story", "max_tokens": 480, "ignore_eos": True}
-    with pytest.raises(httpx.TimeoutException):
-        httpx.post(f"{base_url}/v1/completions", json=body, timeout=0.3)  # leaves long before the answer is done
+    with pytest.raises(socket.timeout):
+        http_json(base_url, "POST", "/v1/completions", body, timeout=0.3)  # leaves long before the answer is done
     engine = app.state.serving.engine
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and app.state.engine_thread.num_aborted == aborted_before:
