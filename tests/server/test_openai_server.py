@@ -187,3 +187,26 @@ def test_client_that_gives_up_on_a_whole_answer_frees_its_request(server):
     assert not engine.has_unfinished()
     stats = engine.stats()
     assert stats["num_free_gpu_blocks"] == stats["num_gpu_blocks"]
+
+
+def test_a_failing_engine_step_answers_500_and_the_server_recovers(tiny_model):
+    with running_server(tiny_model, num_gpu_blocks=16) as (base_url, app):
+        engine = app.state.serving.engine
+        real_step = engine.step
+        failures = iter([RuntimeError("device lost")])
+
+        def step_that_fails_once():
+            for failure in failures:
+                raise failure
+            return real_step()
+
+        engine.step = step_that_fails_once
+        body = {"model": "tiny", "prompt": "hi", "max_tokens": 4, "ignore_eos": True}
+        status, error = http_json(base_url, "POST", "/v1/completions", body)
+        assert status == 500 and error["error"]["type"] == "server_error"
+        assert "device lost" in error["error"]["message"]
+        _, health = http_json(base_url, "GET", "/health")
+        assert "device lost" in health["last_error"]
+        status, answer = http_json(base_url, "POST", "/v1/completions", body)
+        assert status == 200 and answer["usage"]["completion_tokens"] == 4
+        assert engine.stats()["num_free_gpu_blocks"] == 16
