@@ -12,6 +12,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Tiny test models gain nothing from intra-op threads, and on a busy 2-core machine two threads make
+# a small matmul hundreds of times slower (measured: 31 us with one thread, 7-14 ms with two).
+torch.set_num_threads(int(os.environ.get("FASTSWITCH_TEST_THREADS", "1")))
+
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
