@@ -73,12 +73,9 @@ def test_flat_copy_times_are_rejected():
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls on a shared 2-core machine: one thread is much faster
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
-    yield load_model(LlamaForCausalLM(config), dtype="float32", progress=False).model
-    torch.set_num_threads(threads)
+    return load_model(LlamaForCausalLM(config), dtype="float32", progress=False).model
 
 
 def test_measurements_run_on_this_device(tiny_model):

@@ -25,12 +25,8 @@ SLOW_GPU = HardwareProfile("slow", peak_tflops=1e-4, memory_bandwidth_gbs=0.02, 
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    # One intra-op thread: on a shared 2-core machine torch's thread pool makes these tiny matmuls ~20x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     torch.manual_seed(0)
-    yield load_model(LlamaForCausalLM(TINY).eval(), dtype="float32", progress=False).model
-    torch.set_num_threads(threads)
+    return load_model(LlamaForCausalLM(TINY).eval(), dtype="float32", progress=False).model
 
 
 class Recorder:
