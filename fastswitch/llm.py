@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Hashable
 
+from fastswitch.chat_template import chat_turn_tokens
 from fastswitch.config import EngineConfig
 from fastswitch.engine import Engine
 from fastswitch.models.llama import max_supported_len
@@ -228,12 +229,12 @@ class ChatSession:
         if self.conversation.busy:
             raise ValueError("the previous turn is still running; step the LLM until it finishes")
         params = sampling_params or SamplingParams()
+        history = self.messages
         if self.turns:
-            self.messages.append({"role": "assistant", "content": self.turns[-1].text or ""})
-        messages = self.messages + [{"role": "user", "content": text}]
-        new_ids = self._new_tokens(messages)
+            history = history + [{"role": "assistant", "content": self.turns[-1].text or ""}]
+        new_ids = chat_turn_tokens(self.llm.tokenizer, history, text, self._stop_text())
         output = self.llm._submit_turn(self.conversation, new_ids, params, text)
-        self.messages = messages
+        self.messages = history + [{"role": "user", "content": text}]  # only once the turn is accepted
         return output
 
     def send(self, text: str, sampling_params: SamplingParams | None = None) -> RequestOutput:
@@ -245,23 +246,9 @@ class ChatSession:
     def close(self) -> None:
         self.conversation.close()
 
-    def _new_tokens(self, messages: list[dict]) -> list[int]:
-        tokenizer = self.llm.tokenizer
-        full = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        if not self.turns:
-            return tokenizer(full, add_special_tokens=False)["input_ids"]
-        # The text the context already holds ends at the last answer's tokens; the template renders
-        # what follows them (the end-of-turn marker when the answer stopped early, separators, the
-        # new message, the generation prompt). Only that suffix is new.
-        before = tokenizer.apply_chat_template(self.messages, add_generation_prompt=False, tokenize=False)
-        answer = self.messages[-1]["content"].strip()  # templates may trim whitespace around a message
-        cut = before.rfind(answer) + len(answer)
-        if not full.startswith(before[:cut]):
-            raise ValueError("this chat template does not render a conversation as a prefix of its continuation")
-        suffix = full[cut:]
-        last = self.turns[-1]
-        if last.finish_reason == "stop" and last.token_ids:
-            ended = tokenizer.decode(last.token_ids[-1:])  # the end-of-turn token the answer already holds
-            if suffix.startswith(ended):
-                suffix = suffix[len(ended):]
-        return tokenizer(suffix, add_special_tokens=False)["input_ids"]
+    def _stop_text(self) -> str | None:
+        """The stop token that closed the last answer, already part of the context (or None)."""
+        last = self.turns[-1] if self.turns else None
+        if last is None or last.finish_reason != "stop" or not last.token_ids:
+            return None
+        return self.llm.tokenizer.decode(last.token_ids[-1:])

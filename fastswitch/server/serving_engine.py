@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastswitch.chat_template import chat_turn_tokens
 from fastswitch.config import EngineConfig
 from fastswitch.engine import Engine
 from fastswitch.models.llama import max_supported_len
@@ -90,20 +91,9 @@ class ServingEngine:
         the new tokens are what it puts after that answer: its closing marker (unless the model
         already produced it as the stop token), the user's message and the assistant's cue.
         """
-        new_turn = {"role": "user", "content": message}
-        if not any(m["role"] == "assistant" for m in history):  # the first turn: nothing is cached yet
-            return self.encode_chat(history + [new_turn])
-        answer = history[-1]["content"].strip()  # templates may trim whitespace around a message
-        before = self.tokenizer.apply_chat_template(history, add_generation_prompt=False, tokenize=False)
-        full = self.tokenizer.apply_chat_template(history + [new_turn], add_generation_prompt=True, tokenize=False)
-        end = before.rfind(answer) + len(answer)
-        if history[-1].get("role") != "assistant" or not full.startswith(before[:end]):
-            raise ValueError("the history must end with the assistant's answer, as the template renders it")
-        continuation = full[end:]
-        eos_text = self.tokenizer.decode(self.engine.eos_token_ids[:1]) if self.engine.eos_token_ids else ""
-        if answer_ended_with_stop and eos_text and continuation.startswith(eos_text):
-            continuation = continuation[len(eos_text) :]  # the model's own stop token already closed the answer
-        return list(self.tokenizer(continuation, add_special_tokens=False)["input_ids"])
+        eos_ids = self.engine.eos_token_ids
+        stop_text = self.tokenizer.decode(eos_ids[:1]) if answer_ended_with_stop and eos_ids else None
+        return chat_turn_tokens(self.tokenizer, history, message, stop_text)
 
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
