@@ -9,6 +9,10 @@ wait on. Implementations:
   the forward pass on the default stream.
 - the simulator's virtual-clock engine (fastswitch/sim), which prices a job from its calls and bytes.
 
+Both also estimate what a copy would take (`estimated_seconds`), so the scheduler can weigh waiting
+for a swap against the step it would otherwise lose: the simulator exactly from its cost model,
+`TorchCopyEngine` from the copies it has timed (`CopyTimeModel`).
+
 A job's granularity follows the config: `per_layer=False` moves each (source run, destination run)
 pair in one call (block groups, block-major layout); `per_layer=True` issues one call per block per
 layer per K/V, as vLLM 0.3.3 does. A `packed` job is a fragmented device side against one contiguous
@@ -18,14 +22,17 @@ and a single call crosses the link. `CopyJob.num_calls` counts link calls in eve
 
 from __future__ import annotations
 
+import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Callable, Literal, Protocol
 
 import torch
 
 from fastswitch.cache.kv_cache import KVCache
 from fastswitch.kernels import pack_blocks, unpack_blocks
+
 
 @dataclass(frozen=True)
 class CopyPair:
@@ -79,7 +86,64 @@ class CopyHandle(Protocol):
 class CopyEngine(Protocol):
     def submit(self, job: CopyJob) -> CopyHandle: ...
 
+    def estimated_seconds(self, direction: str, num_bytes: int, num_calls: int) -> float | None:
+        """Seconds a copy of num_bytes in num_calls calls should take ("out" or "in"); None: no idea yet."""
+
     def close(self) -> None: ...
+
+
+class CopyTimeModel:
+    """Learns seconds = per_call * calls + per_byte * bytes from timed copies of one direction.
+
+    An exponentially weighted least-squares fit (every copy's weight decays by 1 - `weight` per newer
+    copy, so the newest carries about a `weight` share of the fit), so the estimate follows a link whose speed drifts (a busy CPU, a shared PCIe switch). Thread-safe:
+    copies are timed on the copy worker while the scheduler reads estimates on the stepping thread.
+    """
+
+    def __init__(self, weight: float = 0.2) -> None:
+        if not 0.0 < weight <= 1.0:
+            raise ValueError(f"weight={weight!r} must lie in (0, 1]")
+        self.weight = weight
+        self.num_observed = 0
+        self.seconds_per_call = 0.0
+        self.seconds_per_byte = 0.0
+        # Weighted sums of x x^T and x t, with x = (calls, bytes) and t = seconds.
+        self._cc = self._cb = self._bb = self._ct = self._bt = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, num_calls: int, num_bytes: int, seconds: float) -> None:
+        if num_calls <= 0 or num_bytes < 0 or seconds < 0:
+            raise ValueError(f"a timed copy needs num_calls > 0, num_bytes >= 0, seconds >= 0: got "
+                             f"{num_calls}, {num_bytes}, {seconds}")  # fmt: skip
+        keep, c, b = 1.0 - self.weight, float(num_calls), float(num_bytes)
+        with self._lock:
+            self._cc = keep * self._cc + c * c
+            self._cb = keep * self._cb + c * b
+            self._bb = keep * self._bb + b * b
+            self._ct = keep * self._ct + c * seconds
+            self._bt = keep * self._bt + b * seconds
+            self.num_observed += 1
+            self.seconds_per_call, self.seconds_per_byte = self._fit()
+
+    def estimate(self, num_calls: int, num_bytes: int) -> float | None:
+        with self._lock:
+            if self.num_observed == 0:
+                return None
+            return self.seconds_per_call * num_calls + self.seconds_per_byte * num_bytes
+
+    def _fit(self) -> tuple[float, float]:
+        det = self._cc * self._bb - self._cb * self._cb
+        # Copies all of one shape (bytes proportional to calls) cannot tell the two costs apart; any
+        # split predicts such copies equally well, so charge it all to bytes, the one that scales
+        # (or to calls, for copies that moved no bytes).
+        if det > 1e-9 * self._cc * self._bb:
+            per_call = (self._bb * self._ct - self._cb * self._bt) / det
+            per_byte = (self._cc * self._bt - self._cb * self._ct) / det
+            if per_call >= 0 and per_byte >= 0:
+                return per_call, per_byte
+            if per_byte < 0:  # a negative cost is noise around zero: refit with the other alone
+                return self._ct / self._cc, 0.0
+        return (0.0, self._bt / self._bb) if self._bb > 0 else (self._ct / self._cc, 0.0)
 
 
 class _DoneHandle:
@@ -102,14 +166,26 @@ class _FutureHandle:
 
 
 class _EventHandle:
-    def __init__(self, event: "torch.cuda.Event") -> None:
-        self.event = event
+    """A copy on the side stream between two timing events; reports its duration once it is done."""
+
+    def __init__(self, start: "torch.cuda.Event", end: "torch.cuda.Event", on_done: Callable[[float], None]) -> None:
+        self.start, self.end = start, end
+        self._on_done: Callable[[float], None] | None = on_done
 
     def done(self) -> bool:
-        return self.event.query()
+        if not self.end.query():
+            return False
+        self._report()
+        return True
 
     def wait(self) -> None:
-        self.event.synchronize()
+        self.end.synchronize()
+        self._report()
+
+    def _report(self) -> None:
+        if self._on_done is not None:
+            on_done, self._on_done = self._on_done, None
+            on_done(self.start.elapsed_time(self.end) / 1e3)  # elapsed_time is in milliseconds
 
 
 class TorchCopyEngine:
@@ -128,26 +204,42 @@ class TorchCopyEngine:
         self._stream = torch.cuda.Stream(device_cache.device) if asynchronous and on_cuda else None
         # One worker keeps jobs in submission order, as one CUDA stream would.
         self._worker = ThreadPoolExecutor(1, "fastswitch-swap") if asynchronous and not on_cuda else None
+        self.timing = {"out": CopyTimeModel(), "in": CopyTimeModel()}  # learnt per direction of the link
 
     def submit(self, job: CopyJob) -> CopyHandle:
         if self._stream is not None:
             # The side stream must see every KV write the forward has queued so far.
             self._stream.wait_stream(torch.cuda.current_stream(self.device_cache.device))
             with torch.cuda.stream(self._stream):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record(self._stream)
                 self._run(job, non_blocking=True)
-                event = torch.cuda.Event()
-                event.record(self._stream)
-            return _EventHandle(event)
+                end.record(self._stream)
+            return _EventHandle(start, end, lambda seconds: self._observe(job, seconds))
         if self._worker is not None:
-            return _FutureHandle(self._worker.submit(self._run, job, False))
-        self._run(job, non_blocking=False)
+            return _FutureHandle(self._worker.submit(self._run_timed, job))
+        self._run_timed(job)
         return _DoneHandle()
+
+    def estimated_seconds(self, direction: str, num_bytes: int, num_calls: int) -> float | None:
+        if direction not in self.timing:
+            raise ValueError(f"direction={direction!r} is not one of {tuple(self.timing)}")
+        return self.timing[direction].estimate(num_calls, num_bytes)
 
     def close(self) -> None:
         if self._worker is not None:
             self._worker.shutdown(wait=True)
         if self._stream is not None:
             self._stream.synchronize()
+
+    def _run_timed(self, job: CopyJob) -> None:
+        started = time.perf_counter()
+        self._run(job, non_blocking=False)
+        self._observe(job, time.perf_counter() - started)
+
+    def _observe(self, job: CopyJob, seconds: float) -> None:
+        if job.num_calls:
+            self.timing[job.direction].observe(job.num_calls, job.num_bytes, seconds)
 
     def _run(self, job: CopyJob, non_blocking: bool) -> None:
         if job.packed:

@@ -139,6 +139,21 @@ class SwapManager:
             return self.device.blocks_needed(entry.device_key, num_tokens)
         return self.device.blocks_for_tokens(num_tokens)
 
+    def estimated_swap_time(self, seq_id: Hashable) -> float | None:
+        """Seconds the next swap of seq_id (out from the device, or in from the host) should take, by
+        the copy engine's estimate; None while the copy engine has nothing to estimate from."""
+        entry = self._entry(seq_id)
+        if entry.location == "device":
+            blocks = self.device.block_table(entry.device_key)
+            blocks = blocks[min(self.host_copies.reusable_blocks(seq_id), len(blocks)) :]  # kept on the host
+            direction = "out"
+        else:
+            blocks = self.host.block_table(seq_id)[: self.host.blocks_for_tokens(entry.num_tokens)]
+            direction = "in"
+        if not blocks:
+            return 0.0
+        return self.copy_engine.estimated_seconds(direction, len(blocks) * self.block_bytes, self._num_calls(blocks))
+
     def block_table(self, seq_id: Hashable) -> list[int]:
         entry = self._entry(seq_id)
         if entry.location != "device":
@@ -269,6 +284,14 @@ class SwapManager:
         job = CopyJob(direction, pairs, self.per_layer, self.num_layers, self.block_bytes, packed)
         self.stats.copy_calls += job.num_calls
         return job
+
+    def _num_calls(self, blocks: list[int]) -> int:
+        """Copy calls to move blocks, counted on the side already placed (the other is allocated at the
+        swap itself and, with block groups, mostly as contiguous)."""
+        if self.per_layer:
+            return len(blocks) * self.num_layers * 2
+        runs = 1 + sum(b != a + 1 for a, b in zip(blocks, blocks[1:]))
+        return 1 if self.pack_min_runs is not None and runs >= self.pack_min_runs else runs
 
     def _track(self, entry: SequenceKV, pending: PendingCopy, blocking: bool, submitted_at: float) -> None:
         self._pending.append(pending)

@@ -41,6 +41,10 @@ class KVSpace(Protocol):
     def num_blocks_of(self, seq_id: Hashable) -> int:
         """Blocks seq_id holds where its KV lives (the size of its next swap)."""
 
+    def estimated_swap_time(self, seq_id: Hashable) -> float | None:
+        """Seconds seq_id's next swap (out from the device, in from the host) should take; None when
+        nothing is known yet about the copy speed."""
+
     def device_blocks_needed(self, seq_id: Hashable, num_tokens: int) -> int:
         """New device blocks for seq_id to hold num_tokens tokens, wherever its KV is now."""
 

@@ -8,7 +8,8 @@ No bytes move: a handle is done once the virtual clock has passed the job's fini
 `submit` always returns at once: the copy then overlaps whatever the executor runs next on the
 clock. A synchronous swap is the swap manager waiting on the handle (it does so for every swap when
 `async_swap` is off, and for small ones by the paper's adaptive rule); `wait` moves the clock to the
-copy's end, which the swap manager books as executor idle time.
+copy's end, which the swap manager books as executor idle time. `estimated_seconds` is the cost
+model's own price, so the adaptive rule decides on virtual time exactly as the copies then take.
 
 With a backing engine (the real `TorchCopyEngine`) the bytes do move, at once, while completion is
 still reported on the virtual clock: a real run on virtual time. Moving them early is safe because
@@ -51,6 +52,11 @@ class VirtualCopyEngine:
             self.backing.submit(job).wait()
         record = self.queues.submit(_DIRECTION[job.direction], job.num_bytes, job.num_calls, self.clock.now)
         return VirtualCopyHandle(record, self.clock)
+
+    def estimated_seconds(self, direction: str, num_bytes: int, num_calls: int) -> float:
+        if direction not in _DIRECTION:
+            raise ValueError(f"direction={direction!r} is not one of {tuple(_DIRECTION)}")
+        return self.queues.cost_model.copy_time(num_bytes, num_calls, _DIRECTION[direction])
 
     def close(self) -> None:
         if self.backing is not None:

@@ -73,3 +73,13 @@ def test_a_backing_engine_moves_the_bytes_at_submit_while_time_stays_virtual():
     assert len(backing.jobs) == 1 and not handle.done()
     e.close()
     assert backing.closed
+
+
+def test_the_estimate_is_the_cost_models_price_of_the_copy():
+    e = engine()
+    estimate = e.estimated_seconds("in", 500, 2)
+    handle = e.submit(job("in", [3, 2]))  # the same 500 B in 2 calls, on an idle link
+    handle.wait()
+    assert estimate == pytest.approx(0.52) and e.clock.now == pytest.approx(estimate)
+    with pytest.raises(ValueError, match="direction"):
+        e.estimated_seconds("sideways", 1, 1)
