@@ -102,11 +102,14 @@ class Engine:
         vocab_size: int | None = None,
         detokenize: Callable[[list[int]], str] | None = None,
         adaptive_sync_blocks: int = 4,
+        sync_swap_fraction: float = 0.25,
         pack_min_runs: int | None = None,
     ) -> None:
-        """adaptive_sync_blocks: with async swapping, swaps of at most this many blocks are waited for
-        when the batch would otherwise shrink (see sched/scheduler.py). pack_min_runs: swaps of a
-        sequence fragmented into at least this many runs use the pack kernel (cache/swap_manager.py)."""
+        """sync_swap_fraction: with async swapping, a swap whose estimated copy time is at most this
+        fraction of the recent step time is waited for when the batch would otherwise shrink;
+        adaptive_sync_blocks: the same rule by block count, until copies and steps have been timed
+        (see sched/scheduler.py). pack_min_runs: swaps of a sequence fragmented into at least this
+        many runs use the pack kernel (cache/swap_manager.py)."""
         self.config = config
         self.executor = executor
         self.eos_token_ids = tuple(eos_token_ids)
@@ -119,7 +122,7 @@ class Engine:
             asynchronous=config.async_swap, kv_reuse=config.kv_reuse, clock=executor.now,
             pack_min_runs=pack_min_runs,
         )
-        self.scheduler = Scheduler(config, self.swap_manager, max_model_len, adaptive_sync_blocks)
+        self.scheduler = Scheduler(config, self.swap_manager, max_model_len, adaptive_sync_blocks, sync_swap_fraction)
         self.run_metrics = RunMetrics()
         self.num_steps = 0
         self.num_batched_tokens = 0

@@ -8,11 +8,14 @@ requests ranked lowest after it: by swapping their KV to the host (`preemption_m
 host has room) or by dropping it to recompute later. Swapped requests come back by swap-in.
 
 With asynchronous swapping a swap-out frees its device blocks only when its copy completes and a
-swapped-in request runs only once its copy has landed. The adaptive rule of the paper: a swap of at
-most `adaptive_sync_blocks` blocks is waited for in the same step when the batch would otherwise
-shrink (the request it makes room for, or the request it brings back, would sit the step out).
-Otherwise a request that will get its blocks from copies already in flight waits for them rather
-than evicting more.
+swapped-in request runs only once its copy has landed. The adaptive rule of the paper: a swap is
+waited for in the same step when that is cheap and the batch would otherwise shrink (the request it
+makes room for, or the request it brings back, would sit the step out). Cheap is a matter of time:
+the copy engine's estimate of the copy is at most `sync_swap_fraction` of the recent step time (an
+exponential average of the executor's step durations), since overlapping it would cost that request
+a whole step. Until both are known (no copy or no step timed yet) a swap of at most
+`adaptive_sync_blocks` blocks counts as cheap. Otherwise a request that will get its blocks from
+copies already in flight waits for them rather than evicting more.
 
 The output is data (SchedulerOutput); `update` feeds the sampled tokens back.
 """
@@ -27,12 +30,28 @@ from fastswitch.sched.priority_patterns import PriorityUpdater
 from fastswitch.sched.request import Request, RequestStatus, ScheduledChunk, SchedulerOutput
 
 
+STEP_TIME_WEIGHT = 0.2  # weight of the newest step in the step-time average: follows batch growth within a few steps
+
+
 class Scheduler:
-    def __init__(self, config, kv: KVSpace, max_seq_len: int, adaptive_sync_blocks: int = 4) -> None:
+    def __init__(
+        self,
+        config,
+        kv: KVSpace,
+        max_seq_len: int,
+        adaptive_sync_blocks: int = 4,
+        sync_swap_fraction: float = 0.25,
+    ) -> None:
+        if adaptive_sync_blocks < 0:
+            raise ValueError(f"adaptive_sync_blocks={adaptive_sync_blocks!r} must be >= 0")
+        if not sync_swap_fraction >= 0:
+            raise ValueError(f"sync_swap_fraction={sync_swap_fraction!r} must be >= 0")
         self.config = config
         self.kv = kv
         self.max_seq_len = min(max_seq_len, kv.num_device_blocks * kv.block_size)
         self.adaptive_sync_blocks = adaptive_sync_blocks
+        self.sync_swap_fraction = sync_swap_fraction
+        self.step_time: float | None = None  # exponential average of executor step durations (s)
         self.policy = make_policy(config.policy, config.vtc_input_weight, config.vtc_output_weight)
         self.priority_updater = PriorityUpdater(
             config.priority_pattern, config.priority_update_freq, config.num_priority_levels, config.seed
@@ -120,8 +139,8 @@ class Scheduler:
                 blocked = True
                 continue
             if location == "host":
-                small = self.kv.num_blocks_of(seq_id) <= self.adaptive_sync_blocks
-                blocking = not self.kv.asynchronous or (small and len(out.chunks) < self.last_batch_size)
+                shrinks = len(out.chunks) < self.last_batch_size
+                blocking = not self.kv.asynchronous or (shrinks and self._cheap_to_wait_for(seq_id))
                 self.kv.swap_in(seq_id, blocking)
                 request.status = RequestStatus.RUNNING
                 request.swap_in_issued_at = now
@@ -164,6 +183,8 @@ class Scheduler:
                 self._finish(request, reason, now, keep_kv=request.keep_kv)
                 finished.append(request)
         self.last_batch_size = len(out.chunks)
+        step = now - swaps_done_at  # the executor's run alone: waits on swaps came before swaps_done_at
+        self.step_time = step if self.step_time is None else self.step_time + STEP_TIME_WEIGHT * (step - self.step_time)
         return finished
 
     # ---- helpers -----------------------------------------------------------------------------
@@ -232,9 +253,18 @@ class Scheduler:
         while not self.kv.can_swap_out(seq_id, num_tokens):
             if not self._drop_idle_host_context():
                 return False
-        blocking = not self.kv.asynchronous or self.kv.num_blocks_of(seq_id) <= self.adaptive_sync_blocks
+        # An overlapped swap-out frees its blocks only after this step, so the request it makes room
+        # for sits the step out: the batch would shrink, and only the cost decides.
+        blocking = not self.kv.asynchronous or self._cheap_to_wait_for(seq_id)
         self.kv.swap_out(seq_id, num_tokens, blocking)
         return True
+
+    def _cheap_to_wait_for(self, seq_id: Hashable) -> bool:
+        """Whether waiting for seq_id's next swap costs little against the step that overlapping it loses."""
+        estimate = self.kv.estimated_swap_time(seq_id)
+        if estimate is None or self.step_time is None:
+            return self.kv.num_blocks_of(seq_id) <= self.adaptive_sync_blocks
+        return estimate <= self.sync_swap_fraction * self.step_time
 
     def _drop_idle_host_context(self) -> bool:
         for seq_id in self.idle_contexts:

@@ -47,8 +47,9 @@ class ManualHandle:
 
 
 class ManualCopyEngine:
-    def __init__(self, pools: TokenPools) -> None:
+    def __init__(self, pools: TokenPools, seconds_per_byte: float | None = None) -> None:
         self.pools = pools
+        self.seconds_per_byte = seconds_per_byte  # None: no estimate, the scheduler's block-count fallback
         self.in_flight: list[ManualHandle] = []
         self.jobs: list[CopyJob] = []
 
@@ -57,6 +58,9 @@ class ManualCopyEngine:
         self.in_flight.append(handle)
         self.jobs.append(job)
         return handle
+
+    def estimated_seconds(self, direction: str, num_bytes: int, num_calls: int) -> float | None:
+        return None if self.seconds_per_byte is None else num_bytes * self.seconds_per_byte
 
     def complete(self, handle: ManualHandle) -> None:
         bs = self.pools.block_size
@@ -102,13 +106,13 @@ class TokenStoreExecutor:
         return sampled
 
 
-def make_engine(config, num_layers: int = 2, max_model_len: int = 4096, manual: bool = True):
+def make_engine(config, num_layers: int = 2, max_model_len: int = 4096, manual: bool = True, seconds_per_byte=None):
     """An Engine over the token pools; returns (engine, pools, copy engine)."""
     from fastswitch.engine import Engine
 
     num_cpu = config.num_cpu_blocks or 4 * config.num_gpu_blocks
     pools = TokenPools(config.num_gpu_blocks, num_cpu, config.block_size)
-    copies = ManualCopyEngine(pools)
+    copies = ManualCopyEngine(pools, seconds_per_byte)
     engine = Engine(
         config, TokenStoreExecutor(pools), copies, num_gpu_blocks=config.num_gpu_blocks, num_cpu_blocks=num_cpu,
         num_layers=num_layers, block_bytes=1000, max_model_len=max_model_len, vocab_size=VOCAB,

@@ -1,0 +1,82 @@
+"""The adaptive sync/async swap rule decides by time: the copy's estimate against the step time."""
+
+from __future__ import annotations
+
+import pytest
+
+from fakes import make_engine, reference_output
+from fastswitch.config import EngineConfig
+from fastswitch.models.sampling import SamplingParams
+
+PROMPTS = {"small": [1] * 6, "large": [2] * 31}  # 2 and 8 blocks of 4 tokens, 1,000 B each in the fakes
+
+
+def params(n: int) -> SamplingParams:
+    return SamplingParams(max_tokens=n, ignore_eos=True)
+
+
+def preempt_one(victim: str, seconds_per_byte: float):
+    """Two residents, then an urgent request that must evict `victim` (the later, lower-ranked one)."""
+    config = EngineConfig(
+        block_size=4, num_gpu_blocks=12, num_cpu_blocks=48, max_num_seqs=8, policy="priority",
+        async_swap=True, kv_reuse=False,
+    )
+    engine, _, copies = make_engine(config, seconds_per_byte=seconds_per_byte)
+    order = [name for name in PROMPTS if name != victim] + [victim]
+    outputs = {name: engine.add_request(PROMPTS[name], params(8), priority=3) for name in order}
+    engine.step()
+    engine.step()
+    step_time = engine.scheduler.step_time
+    urgent = engine.add_request([3] * 10, params(2), priority=0)  # needs 3 blocks: only 2 are free
+    engine.step()
+    assert engine.last_schedule.swapped_out == [outputs[victim].request_id]
+    return engine, copies, outputs, urgent, step_time
+
+
+def finish_and_check(engine, copies, outputs) -> None:
+    copies.close()
+    while engine.has_unfinished():
+        engine.step()
+    for name, output in outputs.items():
+        assert output.token_ids == reference_output(PROMPTS[name], 8)
+
+
+def test_a_swap_small_against_the_step_time_is_waited_for_even_when_it_is_many_blocks():
+    # 8 blocks, beyond the block-count fallback of 4, but 8,000 B at 1e-8 s/B is 80 us against a
+    # step of tens of milliseconds: waiting lets the urgent request run in this very step.
+    engine, copies, outputs, urgent, step_time = preempt_one("large", seconds_per_byte=1e-8)
+    assert 8000 * 1e-8 <= 0.25 * step_time
+    assert engine.stats()["blocking_swaps"] == 1 and not copies.in_flight and len(urgent.token_ids) == 1
+    finish_and_check(engine, copies, outputs)
+
+
+@pytest.mark.parametrize("victim", ["large", "small"])
+def test_a_swap_large_against_the_step_time_overlaps_even_when_it_is_few_blocks(victim):
+    # At 1e-4 s/B even the 2-block victim (0.2 s, within the block-count fallback of 4, which waits
+    # for it when no estimate exists: test_conversation.py) takes longer than the steps it would
+    # stall, so the swap is not waited for and the urgent request sits this step out.
+    engine, copies, outputs, urgent, step_time = preempt_one(victim, seconds_per_byte=1e-4)
+    assert 2000 * 1e-4 > 0.25 * step_time
+    assert engine.stats()["blocking_swaps"] == 0 and not urgent.token_ids
+    if victim == "large":  # the small resident needs no new block and runs beside the copy
+        assert len(copies.in_flight) == 1 and len(outputs["small"].token_ids) == 3
+    finish_and_check(engine, copies, outputs)
+
+
+def test_step_time_is_an_average_of_executor_runs_excluding_swap_waits():
+    engine, _, _ = make_engine(EngineConfig(block_size=4, num_gpu_blocks=12, policy="fcfs"))
+    assert engine.scheduler.step_time is None
+    engine.add_request([1] * 6, params(3))
+    engine.step()  # the fake executor charges 0.01 s + 1 ms per token
+    assert engine.scheduler.step_time == pytest.approx(0.016)
+    engine.step()
+    assert engine.scheduler.step_time == pytest.approx(0.016 + 0.2 * (0.011 - 0.016))
+
+
+@pytest.mark.parametrize("kwargs", [{"adaptive_sync_blocks": -1}, {"sync_swap_fraction": -0.5}])
+def test_bad_adaptive_parameters_name_the_value(kwargs):
+    from fastswitch.sched.scheduler import Scheduler
+
+    engine, _, _ = make_engine(EngineConfig(block_size=4, num_gpu_blocks=12))
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        Scheduler(engine.config, engine.swap_manager, 64, **kwargs)
