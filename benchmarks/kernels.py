@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from fastswitch.kernels import pack_blocks, paged_attention, unpack_blocks
+from fastswitch.sim.calibrate import median_seconds
 
 BLOCK_SIZE = 16
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM = 32, 8, 128  # Llama-3-8B
@@ -58,26 +57,11 @@ class Row:
     percent_of_peak: float | None
 
 
-def timed(fn, repeats: int, device: torch.device) -> float:
-    """Median seconds of fn over `repeats` runs after one warm-up (which also compiles Triton kernels)."""
-    fn()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
 def copy_bandwidth(num_bytes: int, device: torch.device, repeats: int) -> float:
     """Bytes/s of one contiguous same-device copy of num_bytes (counting the bytes once, as moved)."""
     src = torch.empty(num_bytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    return num_bytes / timed(lambda: dst.copy_(src), repeats, device)
+    return num_bytes / median_seconds(lambda: dst.copy_(src), device, repeats)
 
 
 def fragmented_tables(num_seqs: int, blocks_per_seq: int, num_blocks: int, rng: random.Random) -> list[list[int]]:
@@ -99,9 +83,9 @@ def attention_row(
     seq_lens = torch.full((num_seqs,), context, dtype=torch.int32, device=device)
     query_start_loc = torch.arange(0, (num_seqs + 1) * query_len, query_len, dtype=torch.int32, device=device)
     q = torch.randn(num_seqs * query_len, NUM_Q_HEADS, HEAD_DIM, dtype=dtype, device=device)
-    seconds = timed(
+    seconds = median_seconds(
         lambda: paged_attention(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, backend=backend),
-        repeats, device,
+        device, repeats,
     )
 
     # The same K/V gathered contiguously [B, Hkv, L, D], for the dense ideal.
@@ -111,9 +95,9 @@ def attention_row(
     queries = q.view(num_seqs, query_len, NUM_Q_HEADS, HEAD_DIM).transpose(1, 2)
     # Decode needs no mask (the one query sees every key); a prefill is causal.
     causal = query_len == context
-    dense_seconds = timed(
+    dense_seconds = median_seconds(
         lambda: F.scaled_dot_product_attention(queries, keys, values, is_causal=causal, enable_gqa=True),
-        repeats, device,
+        device, repeats,
     )
     kv_bytes = 2 * num_seqs * context * NUM_KV_HEADS * HEAD_DIM * k_cache.element_size()
     return Row(
@@ -152,7 +136,7 @@ def pack_rows(
         ("pack_blocks", lambda: pack_blocks(cache, runs, backend=backend, out=staging)),
         ("unpack_blocks", lambda: unpack_blocks(staging, cache, runs, backend=backend)),
     ):
-        seconds = timed(fn, repeats, device)
+        seconds = median_seconds(fn, device, repeats)
         rows.append(Row(
             kernel=name,
             shape=f"{len(runs)} runs, {staging.shape[0]} blocks x {num_layers} layers",

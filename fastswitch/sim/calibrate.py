@@ -64,8 +64,8 @@ def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     return mean_y - slope * mean_x, slope
 
 
-def _timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median seconds of fn() over repeats, after one warm-up call."""
+def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median seconds of fn() over repeats, after one warm-up call (which also compiles Triton kernels)."""
     fn()
     times = []
     for _ in range(repeats):
@@ -86,8 +86,8 @@ def measure_copies(device: torch.device, sizes: Sequence[int] = COPY_SIZES, repe
     for size in sizes:
         host = torch.empty(size, dtype=torch.uint8, pin_memory=pinned)
         dev = torch.empty(size, dtype=torch.uint8, device=device)
-        result["h2d"].append((size, _timed(lambda: dev.copy_(host, non_blocking=pinned), device, repeats)))
-        result["d2h"].append((size, _timed(lambda: host.copy_(dev, non_blocking=pinned), device, repeats)))
+        result["h2d"].append((size, median_seconds(lambda: dev.copy_(host, non_blocking=pinned), device, repeats)))
+        result["d2h"].append((size, median_seconds(lambda: host.copy_(dev, non_blocking=pinned), device, repeats)))
     return result
 
 
@@ -111,7 +111,7 @@ def measure_steps(model, block_size: int = 16, repeats: int = 3, decode_batches=
         per = blocks_per_seq(batch)
         chunks = [ForwardChunk([1] * new, cached, list(range(i * per, (i + 1) * per))) for i, (new, cached) in enumerate(batch)]
         with torch.inference_mode():
-            return StepMeasurement(batch, _timed(lambda: runner.forward(chunks), model.device, repeats))
+            return StepMeasurement(batch, median_seconds(lambda: runner.forward(chunks), model.device, repeats))
 
     measured = [run(batch) for batch in batches]
     return measured[: len(decode_batches)], measured[len(decode_batches) :]
