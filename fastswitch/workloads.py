@@ -16,16 +16,14 @@ not published, so the *shapes* below are assumptions; only the means come from s
 - think time: exponential (as Pensieve models it); the mean (default 10 s) is an assumption, since
   no source gives a figure for chat (one agentic trace: median 1.6 s, mean 37 s).
 
-`load_sharegpt(path, ...)` reads a ShareGPT-format JSON file from disk into the same records.
+`fastswitch.sharegpt.load_sharegpt(path, ...)` reads a ShareGPT-format JSON file into the same records.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -35,13 +33,6 @@ PRIORITY_PATTERNS = ("random", "markov")
 SHAREGPT_MEAN_PROMPT_TOKENS = 161.0
 SHAREGPT_MEAN_RESPONSE_TOKENS = 338.0
 MULTI_ROUND_SHAREGPT_MEAN_TURNS = 5.5
-
-# A rough tokens-per-character rate for English text (about 4 characters per token for BPE
-# vocabularies), used only when load_sharegpt is given no tokenizer.
-CHARS_PER_TOKEN = 4.0
-
-_HUMAN_ROLES = {"human", "user"}
-_ASSISTANT_ROLES = {"gpt", "assistant", "chatgpt", "bard", "bing", "model"}
 
 
 @dataclass(frozen=True)
@@ -99,7 +90,8 @@ class Workload:
         }
 
 
-def _streams(seed: int, count: int) -> list[np.random.Generator]:
+def seeded_streams(seed: int, count: int) -> list[np.random.Generator]:
+    """Independent generators from one seed, one per drawn quantity, so one draw never shifts another."""
     return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(count)]
 
 
@@ -152,7 +144,7 @@ def _check_vocab_range(vocab_range: tuple[int, int] | None) -> None:
         raise ValueError(f"vocab_range={vocab_range} must be (low, high) with 0 <= low < high")
 
 
-def _check_common(rate: float, num_clients: int, think_time_mean: float, max_context_tokens: int) -> None:
+def check_trace_params(rate: float, num_clients: int, think_time_mean: float, max_context_tokens: int) -> None:
     if not rate > 0:
         raise ValueError(f"rate={rate} conversations/s must be > 0")
     if num_clients < 1:
@@ -163,7 +155,7 @@ def _check_common(rate: float, num_clients: int, think_time_mean: float, max_con
         raise ValueError(f"max_context_tokens={max_context_tokens} must be at least 2 (one prompt and one answer token)")
 
 
-def _fit_turns(pairs: Sequence[tuple[int, int]], max_context_tokens: int) -> list[tuple[int, int]]:
+def fit_turns(pairs: Sequence[tuple[int, int]], max_context_tokens: int) -> list[tuple[int, int]]:
     """Keep the leading turns whose whole context fits; a first turn too long is cut to fit."""
     kept: list[tuple[int, int]] = []
     used = 0
@@ -213,13 +205,13 @@ def synthetic_sharegpt(
         )
     if prompt_sigma < 0 or response_sigma < 0:
         raise ValueError(f"prompt_sigma={prompt_sigma} and response_sigma={response_sigma} must be >= 0")
-    _check_common(rate, num_clients, think_time_mean, max_context_tokens)
+    check_trace_params(rate, num_clients, think_time_mean, max_context_tokens)
     _check_vocab_range(vocab_range)
     if priority_pattern not in PRIORITY_PATTERNS:
         raise ValueError(f"priority_pattern={priority_pattern!r} is not one of {PRIORITY_PATTERNS}")
 
     # Independent streams per quantity, so changing e.g. the think-time mean leaves lengths unchanged.
-    arrivals_rng, turns_rng, lengths_rng, think_rng, client_rng, prio_rng, ids_rng = _streams(seed, 7)
+    arrivals_rng, turns_rng, lengths_rng, think_rng, client_rng, prio_rng, ids_rng = seeded_streams(seed, 7)
     start_times = np.cumsum(arrivals_rng.exponential(1.0 / rate, num_conversations))
     turn_counts = turns_rng.geometric(1.0 / mean_turns, num_conversations)
     clients = client_rng.integers(0, num_clients, num_conversations)
@@ -230,7 +222,7 @@ def synthetic_sharegpt(
         prompts = _lognormal_lengths(lengths_rng, mean_prompt_tokens, prompt_sigma, n, max_context_tokens)
         responses = _lognormal_lengths(lengths_rng, mean_response_tokens, response_sigma, n, max_context_tokens)
         thinks = think_rng.exponential(think_time_mean, n) if think_time_mean > 0 else np.zeros(n)
-        pairs = _fit_turns(list(zip(prompts.tolist(), responses.tolist())), max_context_tokens)
+        pairs = fit_turns(list(zip(prompts.tolist(), responses.tolist())), max_context_tokens)
         priorities = draw_priorities(prio_rng, priority_pattern, num_priority_levels, len(pairs))
         turns = tuple(
             Turn(
@@ -253,109 +245,6 @@ def synthetic_sharegpt(
         "vocab_range": vocab_range,
     }  # fmt: skip
     return Workload("synthetic-sharegpt", tuple(conversations), seed, params)
-
-
-def _messages(record: dict) -> list[tuple[str, str]]:
-    raw = record.get("conversations", record.get("messages", record.get("conversation")))
-    if not isinstance(raw, list):
-        return []
-    messages = []
-    for m in raw:
-        if not isinstance(m, dict):
-            continue
-        role = str(m.get("from", m.get("role", ""))).lower()
-        text = m.get("value", m.get("content", ""))
-        if isinstance(text, str):
-            messages.append((role, text))
-    return messages
-
-
-def _pairs_of(messages: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(user text, answer text) pairs in order; system messages, leading answers and a final
-    unanswered user message are dropped, and consecutive messages of one side are joined."""
-    pairs: list[tuple[str, str]] = []
-    user: list[str] = []
-    answer: list[str] = []
-    for role, text in messages:
-        if role in _HUMAN_ROLES:
-            if answer:
-                pairs.append(("\n".join(user), "\n".join(answer)))
-                user, answer = [], []
-            user.append(text)
-        elif role in _ASSISTANT_ROLES and user:
-            answer.append(text)
-    if user and answer:
-        pairs.append(("\n".join(user), "\n".join(answer)))
-    return pairs
-
-
-def load_sharegpt(
-    path: str | Path,
-    tokenizer: object | None = None,
-    num_conversations: int | None = None,
-    rate: float = 1.0,
-    seed: int = 0,
-    think_time_mean: float = 10.0,
-    max_context_tokens: int = 8192,
-    num_clients: int = 10,
-    priority_pattern: str = "random",
-    num_priority_levels: int = 4,
-) -> Workload:
-    """Read a ShareGPT-format JSON file: a list of {"conversations": [{"from": "human"|"gpt", "value": str}, ...]}
-    (OpenAI-style {"messages": [{"role", "content"}]} is accepted too).
-
-    Token counts come from `tokenizer.encode(text)` when a tokenizer is given (and the prompt ids are
-    kept), else from len(text) / 4, a rough rate for English BPE text. ShareGPT has no timestamps, so
-    arrivals, think times, clients and priorities are drawn as in `synthetic_sharegpt`, from `seed`.
-    Conversations with no answered user message are skipped.
-    """
-    _check_common(rate, num_clients, think_time_mean, max_context_tokens)
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of conversations, got {type(data).__name__}")
-
-    def encode(text: str) -> tuple[int, tuple[int, ...] | None]:
-        if tokenizer is None:
-            return max(1, round(len(text) / CHARS_PER_TOKEN)), None
-        ids = tuple(tokenizer.encode(text))
-        return max(1, len(ids)), ids
-
-    arrivals_rng, think_rng, client_rng, prio_rng = _streams(seed, 4)
-    conversations: list[Conversation] = []
-    clock = 0.0
-    for record in data:
-        if num_conversations is not None and len(conversations) >= num_conversations:
-            break
-        pairs = _pairs_of(_messages(record)) if isinstance(record, dict) else []
-        if not pairs:
-            continue
-        encoded = [(encode(u), encode(a)) for u, a in pairs]
-        fitted = _fit_turns([(p[0], r[0]) for p, r in encoded], max_context_tokens)
-        priorities = draw_priorities(prio_rng, priority_pattern, num_priority_levels, len(fitted))
-        turns = []
-        for i, (prompt_len, response_len) in enumerate(fitted):
-            user_text = pairs[i][0]
-            ids = encoded[i][0][1]
-            turns.append(
-                Turn(
-                    prompt_tokens=prompt_len,
-                    response_tokens=response_len,
-                    think_time=0.0 if i == 0 else float(think_rng.exponential(think_time_mean)),
-                    priority=priorities[i],
-                    prompt_token_ids=ids[:prompt_len] if ids is not None else None,
-                    prompt_text=user_text,
-                )
-            )
-        clock += float(arrivals_rng.exponential(1.0 / rate))
-        client = int(client_rng.integers(0, num_clients))
-        conversations.append(Conversation(len(conversations), client, clock, tuple(turns)))
-
-    params = {
-        "source": str(path), "rate": rate, "think_time_mean": think_time_mean,
-        "max_context_tokens": max_context_tokens, "num_clients": num_clients,
-        "priority_pattern": priority_pattern, "num_priority_levels": num_priority_levels,
-    }  # fmt: skip
-    return Workload(f"sharegpt:{Path(path).name}", tuple(conversations), seed, params)
 
 
 def workload_from_prompts(

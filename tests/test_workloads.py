@@ -6,12 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastswitch.workloads import (
-    draw_priorities,
-    load_sharegpt,
-    synthetic_sharegpt,
-    workload_from_prompts,
-)
+from fastswitch.sharegpt import load_sharegpt
+from fastswitch.workloads import draw_priorities, synthetic_sharegpt, workload_from_prompts
 
 
 def test_same_seed_same_workload_and_other_seed_differs():
