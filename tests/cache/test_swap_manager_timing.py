@@ -105,3 +105,29 @@ def test_estimate_prices_the_blocks_the_next_swap_moves(block_groups):
     manager.allocate("a", 5 * BLOCK)
     # The host kept the 3 full blocks: the next swap-out moves only the 2 new ones.
     assert manager.estimated_swap_time("a") == 200.0
+
+
+class FakeEvent:
+    """Stands in for torch.cuda.Event (no GPU here): recorded when the test says so, 2.5 ms apart."""
+
+    def __init__(self):
+        self.recorded = False
+
+    def query(self):
+        return self.recorded
+
+    def synchronize(self):
+        self.recorded = True
+
+    def elapsed_time(self, end):
+        return 2.5
+
+
+def test_a_stream_copy_reports_its_event_timed_duration_once():
+    from fastswitch.cache.copy_engine import _EventHandle
+
+    seen = []
+    handle = _EventHandle(FakeEvent(), FakeEvent(), seen.append)
+    assert not handle.done() and seen == []
+    handle.wait()
+    assert handle.done() and seen == [pytest.approx(0.0025)]
