@@ -92,8 +92,10 @@ def test_adaptive_swap_waits_for_small_swaps_and_overlaps_large_ones(victim_is_s
     engine.step()
     urgent = engine.add_request([3] * 10, params(2), priority=0)  # needs 3 blocks: only 2 are free
     engine.step()
-    # The victim is the lowest-ranked resident: the later arrival. A small swap is waited for so the
-    # urgent request runs at once; a large one runs in the background and the urgent request waits.
+    # The victim is the lowest-ranked resident: the later arrival. The manual copy engine gives no
+    # time estimate, so the block-count fallback decides (the timed rule: test_adaptive_swap.py): a
+    # small swap is waited for so the urgent request runs at once; a large one runs in the background
+    # and the urgent request waits.
     stats = engine.stats()
     victim = outputs[order[-1]].request_id
     assert engine.last_schedule.swapped_out == [victim] and not engine.last_schedule.recomputed
