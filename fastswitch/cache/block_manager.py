@@ -8,6 +8,10 @@ own group, as in vLLM 0.3.3.
 
 The same class manages the host (swap) pool too: one `BlockManager` per pool, keyed by whatever
 hashable id the caller uses (sequence ids on the device, conversation ids on the host).
+
+The block table and block count of each sequence are kept beside its groups and updated with them:
+the scheduler asks for both every step, and rebuilding them from the groups was most of a simulated
+run's time in vLLM mode, where a table is a list of one-block groups.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class BlockManager:
             BlockGroupAllocator(num_blocks, placement) if block_groups else BlockAllocator(num_blocks)
         )
         self._groups: dict[Hashable, list[Run]] = {}
+        self._tables: dict[Hashable, list[int]] = {}  # the concatenation of each sequence's groups
 
     @property
     def num_blocks(self) -> int:
@@ -52,10 +57,12 @@ class BlockManager:
         return len(self._groups_of(seq_id))
 
     def num_blocks_of(self, seq_id: Hashable) -> int:
-        return sum(length for _, length in self._groups.get(seq_id, ()))
+        table = self._tables.get(seq_id)
+        return 0 if table is None else len(table)
 
     def block_table(self, seq_id: Hashable) -> list[int]:
-        return [block for start, length in self._groups_of(seq_id) for block in range(start, start + length)]
+        self._groups_of(seq_id)  # the unknown-sequence error
+        return list(self._tables[seq_id])  # a copy: callers may keep or change it
 
     def blocks_for_tokens(self, num_tokens: int) -> int:
         if not isinstance(num_tokens, int) or num_tokens < 0:
@@ -82,6 +89,7 @@ class BlockManager:
                 f"but only num_free={self.num_free} of {self.num_blocks} blocks are free"
             )
         groups = self._groups.setdefault(seq_id, [])
+        table = self._tables.setdefault(seq_id, [])
         added: list[Run] = []
         if needed and groups:
             start, length = groups[-1]
@@ -95,6 +103,8 @@ class BlockManager:
             added.extend(new_runs)
             for run in new_runs:
                 self._append_group(groups, run)
+        for start, length in added:  # growth appends: the table is the old one plus the added runs
+            table.extend(range(start, start + length))
         return added
 
     def truncate(self, seq_id: Hashable, num_blocks: int) -> list[Run]:
@@ -116,12 +126,14 @@ class BlockManager:
                 freed.append((start + keep, length - keep))
         self.allocator.free(freed)
         self._groups[seq_id] = kept
+        del self._tables[seq_id][num_blocks:]
         return freed
 
     def free(self, seq_id: Hashable) -> None:
         """Frees every block of seq_id and forgets it."""
         self.allocator.free(self._groups_of(seq_id))
         del self._groups[seq_id]
+        del self._tables[seq_id]
 
     def mean_groups_per_sequence(self) -> float:
         """Mean copy calls per swap over the live sequences that hold blocks (0.0 when none)."""

@@ -171,6 +171,16 @@ class BlockManagerMachine(RuleBasedStateMachine):
             else:
                 assert all(n == 1 for _, n in groups)
 
+    @invariant()
+    def kept_tables_and_counts_match_the_groups(self):
+        # block_table and num_blocks_of answer from state kept beside the groups: it must not drift.
+        for seq in self.tokens:
+            derived = [b for start, length in self.manager.groups(seq) for b in range(start, start + length)]
+            assert self.manager.block_table(seq) == derived
+            assert self.manager.num_blocks_of(seq) == len(derived) == -(-self.tokens[seq] // 4)
+        assert set(self.manager.seq_ids()) == set(self.tokens)
+        assert self.manager.num_blocks_of("never seen") == 0
+
 
 TestGroupAllocator = AllocatorMachine.TestCase
 TestVllmAllocator = VllmAllocatorMachine.TestCase

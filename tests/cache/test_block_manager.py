@@ -72,3 +72,14 @@ def test_ensure_capacity_returns_the_added_runs():
     assert m.ensure_capacity("a", 8) == [(0, 2)]
     assert m.ensure_capacity("a", 12) == [(2, 1)]
     assert m.ensure_capacity("a", 12) == []
+
+
+def test_a_returned_block_table_is_the_callers_own():
+    m = BlockManager(num_blocks=16, block_size=4, block_groups=False)
+    m.ensure_capacity("a", 8)
+    table = m.block_table("a")
+    table.append(99)
+    table[0] = -1
+    assert m.block_table("a") == [0, 1] and m.num_blocks_of("a") == 2
+    m.ensure_capacity("a", 12)
+    assert table == [-1, 1, 99] and m.block_table("a") == [0, 1, 2]

@@ -119,6 +119,9 @@ class ReuseMachine(RuleBasedStateMachine):
         for conv in t.host.seq_ids():
             assert conv in t, f"host blocks of {conv} have no record"
             table = t.host.block_table(conv)
+            # the table the host pool keeps (grown and truncated in place) is the one its groups spell
+            assert table == [b for start, n in t.host.groups(conv) for b in range(start, start + n)]
+            assert t.host.num_blocks_of(conv) == len(table)
             assert all(t.host.allocator.is_allocated(b) for b in table)
             assert seen.isdisjoint(table)
             seen.update(table)
