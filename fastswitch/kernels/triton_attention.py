@@ -15,13 +15,14 @@ block ids are widened to int64 before they are multiplied by the block stride.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import triton
 import triton.language as tl
 
-from fastswitch.kernels.attention_plan import next_power_of_two, plan_attention
+from fastswitch.kernels.attention_plan import merge_block_size, next_power_of_two, plan_attention
 from fastswitch.kernels.checks import BatchLayout, check_paged_attention
 from fastswitch.kernels.dispatch import triton_interpreting
 
@@ -142,11 +143,19 @@ def merge_splits_kernel(
     tl.store(out_ptr + token * row_size + elements, merged.to(out_ptr.dtype.element_ty), mask=in_row)
 
 
-def _num_sms(device: torch.device) -> int:
-    # Under the interpreter programs run one after another: splitting only adds work.
+@functools.cache
+def _cuda_limits(device_index: int) -> tuple[int, int]:
+    """(multiprocessors, bytes of shared memory a program may opt into) of a CUDA device."""
+    properties = triton.runtime.driver.active.utils.get_device_properties(device_index)
+    return properties["multiprocessor_count"], properties["max_shared_mem"]
+
+
+def _device_limits(device: torch.device) -> tuple[int, int | None]:
+    """(SMs to fill, shared memory per program) for planning; under the interpreter programs run one
+    after another (splitting only adds work) and have no shared-memory limit."""
     if device.type != "cuda" or triton_interpreting():
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
+        return 1, None
+    return _cuda_limits(torch.cuda.current_device() if device.index is None else device.index)
 
 
 def paged_attention_triton(
@@ -166,7 +175,13 @@ def paged_attention_triton(
     num_tokens, num_q_heads, head_dim = q.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
-    plan = plan_attention(layout, num_q_heads, num_kv_heads, head_dim, _num_sms(q.device), num_splits)
+    num_sms, shared_memory = _device_limits(q.device)
+    # fp32 caches need full-precision products; tf32 is exact for bf16/fp16 inputs to QK^T.
+    full_precision = q.dtype == torch.float32
+    plan = plan_attention(
+        layout, num_q_heads, num_kv_heads, head_dim, num_sms, num_splits,
+        shared_memory=shared_memory, full_precision=full_precision,
+    )
     out = torch.empty((num_tokens, num_q_heads, head_dim), dtype=q.dtype, device=q.device)
     if not plan.work_items:
         return out
@@ -184,8 +199,7 @@ def paged_attention_triton(
     else:
         target = torch.empty((plan.num_splits, num_tokens, num_q_heads, head_dim), dtype=torch.float32, device=q.device)
         lse = torch.empty((plan.num_splits, num_tokens, num_q_heads), dtype=torch.float32, device=q.device)
-    # tf32 is exact for bf16/fp16 inputs to QK^T; fp32 caches need full-precision products.
-    dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    dot_precision = "ieee" if full_precision else "tf32"
     grid = (len(plan.work_items), num_kv_heads, plan.num_splits)
     paged_attention_kernel[grid](
         target, lse, q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, work_items,
@@ -199,13 +213,10 @@ def paged_attention_triton(
     )
     if plan.num_splits > 1:
         row_size = num_q_heads * head_dim
-        splits_pad = next_power_of_two(plan.num_splits)
-        # The interpreter merges a whole row per program; a GPU keeps an [S, BLOCK_E] tile of about
-        # 4096 values in registers.
-        block_e = next_power_of_two(row_size) if triton_interpreting() else max(128, 4096 // splits_pad)
+        block_e = merge_block_size(row_size, plan.num_splits, triton_interpreting())
         merge_splits_kernel[(num_tokens, triton.cdiv(row_size, block_e))](
             out, target, lse, num_tokens,
             NUM_HEADS=num_q_heads, HEAD_DIM=head_dim, NUM_SPLITS=plan.num_splits,
-            SPLITS_PAD=splits_pad, BLOCK_E=block_e,
+            SPLITS_PAD=next_power_of_two(plan.num_splits), BLOCK_E=block_e,
         )
     return out

@@ -10,6 +10,7 @@ from fastswitch.kernels.attention_plan import (
     MIN_KEYS_PER_SPLIT,
     choose_num_splits,
     plan_attention,
+    shared_memory_bound,
 )
 from fastswitch.kernels.checks import BatchLayout
 
@@ -50,3 +51,31 @@ def test_tiles_cover_every_query_once_with_dot_sized_blocks(
     assert plan.group_pad >= ratio
     for size in (plan.block_m, plan.block_n, plan.head_dim_pad, plan.group_pad):
         assert size & (size - 1) == 0  # tl.arange needs powers of two
+
+
+@given(
+    query_len=st.integers(1, 2048),
+    ratio=st.sampled_from((1, 2, 4, 5, 8)),
+    head_dim=st.sampled_from((64, 80, 96, 128, 256)),
+    full_precision=st.booleans(),
+    shared_memory=st.sampled_from((64 * 1024, 99 * 1024, 163 * 1024, 227 * 1024)),
+)
+def test_tiles_shrink_to_fit_the_devices_shared_memory(
+    query_len: int, ratio: int, head_dim: int, full_precision: bool, shared_memory: int
+) -> None:
+    layout = BatchLayout(query_start_loc=[0, query_len], seq_lens=[query_len + 100])
+    unlimited = plan_attention(layout, 2 * ratio, 2, head_dim, num_sms=1, full_precision=full_precision)
+    plan = plan_attention(layout, 2 * ratio, 2, head_dim, num_sms=1, shared_memory=shared_memory, full_precision=full_precision)
+    assert shared_memory_bound(plan.block_m, plan.block_n, plan.head_dim_pad, full_precision) <= shared_memory
+    assert plan.block_n >= MIN_DOT_SIZE and plan.block_m >= MIN_DOT_SIZE
+    assert plan.block_n <= unlimited.block_n and plan.block_q <= unlimited.block_q
+    if shared_memory_bound(unlimited.block_m, unlimited.block_n, unlimited.head_dim_pad, full_precision) <= shared_memory:
+        assert plan == unlimited  # tiles that fit are left alone
+
+
+def test_fp32_prefill_tiles_shrink_on_an_a10_but_not_on_an_h100() -> None:
+    layout = BatchLayout(query_start_loc=[0, 512], seq_lens=[512])
+    a10 = plan_attention(layout, 32, 8, 128, num_sms=72, shared_memory=99 * 1024, full_precision=True)
+    h100 = plan_attention(layout, 32, 8, 128, num_sms=132, shared_memory=227 * 1024, full_precision=True)
+    assert (a10.block_m, a10.block_n) == (64, 32)
+    assert (h100.block_m, h100.block_n) == (64, 64)
