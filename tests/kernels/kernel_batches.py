@@ -20,19 +20,44 @@ GQA_RATIOS = (1, 2, 4, 8)
 NUM_LAYERS = 2
 
 
+# Where the Triton kernels run in these tests: compiled on a GPU when there is one, else on the CPU
+# under the interpreter. The torch twins and the definitions they are checked against stay on the CPU.
+KERNEL_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def for_backend(backend: str, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors on the device where `backend` runs (the CPU for the torch twins)."""
+    device = torch.device("cpu") if backend == "torch" else KERNEL_DEVICE
+    return tuple(tensor.to(device) for tensor in tensors)
+
+
 @dataclass
 class PagedBatch:
     q: torch.Tensor  # [T, Hq, D]
-    k_cache: torch.Tensor  # [num_blocks, block_size, Hkv, D], a strided view of `cache`
-    v_cache: torch.Tensor
     block_tables: torch.Tensor  # [B, max_blocks] int32
     seq_lens: torch.Tensor  # [B] int32
     query_start_loc: torch.Tensor  # [B + 1] int32
     scale: float | None
-    cache: torch.Tensor  # the block-major tensor behind k_cache / v_cache
+    cache: torch.Tensor  # block-major [num_blocks, num_layers, 2, block_size, Hkv, D]
+    layer: int  # the layer whose K and V the batch attends over
+
+    @property
+    def k_cache(self) -> torch.Tensor:  # [num_blocks, block_size, Hkv, D], a strided view of `cache`
+        return self.cache[:, self.layer, 0]
+
+    @property
+    def v_cache(self) -> torch.Tensor:
+        return self.cache[:, self.layer, 1]
 
     def args(self) -> tuple:
         return (self.q, self.k_cache, self.v_cache, self.block_tables, self.seq_lens, self.query_start_loc, self.scale)
+
+    def on(self, device: torch.device) -> PagedBatch:
+        """The same batch on another device, K and V still strided views of one block-major cache."""
+        q, tables, lens, starts, cache = (
+            t.to(device) for t in (self.q, self.block_tables, self.seq_lens, self.query_start_loc, self.cache)
+        )
+        return PagedBatch(q, tables, lens, starts, self.scale, cache, self.layer)
 
 
 @st.composite
@@ -84,13 +109,12 @@ def paged_batches(
     q = torch.randn((starts[-1], num_q_heads, head_dim), generator=generator).to(dtype)
     return PagedBatch(
         q=q,
-        k_cache=cache[:, layer, 0],
-        v_cache=cache[:, layer, 1],
         block_tables=torch.tensor(tables, dtype=torch.int32),
         seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
         query_start_loc=torch.tensor(starts, dtype=torch.int32),
         scale=scale,
         cache=cache,
+        layer=layer,
     )
 
 

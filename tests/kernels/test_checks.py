@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kernel_batches import for_backend
 
 from fastswitch.kernels import paged_attention, resolve_backend, store_kv
 
 BACKENDS = ("torch", "triton")
+
+
+def on_backend(backend: str, arguments: dict) -> dict:
+    return dict(zip(arguments, for_backend(backend, *arguments.values())))
 
 
 def batch(
@@ -37,7 +42,7 @@ def batch(
 )
 def test_unsupported_shapes_and_dtypes_are_named(backend: str, changes: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        paged_attention(**batch(**changes), backend=backend)
+        paged_attention(**on_backend(backend, batch(**changes)), backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -55,7 +60,7 @@ def test_inconsistent_batch_layouts_are_named(backend: str, field: str, value: l
     arguments = batch()
     arguments[field] = torch.tensor(value, dtype=torch.int32)
     with pytest.raises(ValueError, match=message):
-        paged_attention(**arguments, backend=backend)
+        paged_attention(**on_backend(backend, arguments), backend=backend)
 
 
 def test_index_tensors_must_be_int32() -> None:
@@ -67,11 +72,13 @@ def test_index_tensors_must_be_int32() -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_store_rejects_mismatched_dtypes_before_writing(backend: str) -> None:
-    cache = torch.zeros(2, 8, 1, 16)
+    cache, row, slot, int32_slot = for_backend(
+        backend, torch.zeros(2, 8, 1, 16), torch.ones(1, 1, 16), torch.tensor([3]), torch.tensor([3], dtype=torch.int32)
+    )
     with pytest.raises(ValueError, match="dtypes differ"):
-        store_kv(torch.ones(1, 1, 16).half(), torch.ones(1, 1, 16).half(), cache, cache, torch.tensor([3]), backend=backend)
+        store_kv(row.half(), row.half(), cache, cache, slot, backend=backend)
     with pytest.raises(ValueError, match="slot_mapping must be int64"):
-        store_kv(torch.ones(1, 1, 16), torch.ones(1, 1, 16), cache, cache, torch.tensor([3], dtype=torch.int32), backend=backend)
+        store_kv(row, row, cache, cache, int32_slot, backend=backend)
     assert not cache.any()
 
 

@@ -1,18 +1,18 @@
-"""The Triton paged-attention kernel (under the interpreter on CPU) against its torch twin."""
+"""The Triton paged-attention kernel (compiled on a GPU, else under the interpreter) against its torch twin on the CPU."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
-from kernel_batches import PagedBatch, paged_batches, tolerance
+from kernel_batches import KERNEL_DEVICE, PagedBatch, for_backend, paged_batches, tolerance
 
 from fastswitch.kernels import BatchLayout, paged_attention, reference
 from fastswitch.kernels.triton_attention import paged_attention_triton
 
 
 def assert_matches_twin(batch: PagedBatch, num_splits: int | None = None) -> None:
-    got = paged_attention_triton(*batch.args(), num_splits=num_splits)
+    got = paged_attention_triton(*batch.on(KERNEL_DEVICE).args(), num_splits=num_splits).cpu()
     expected = reference.paged_attention(*batch.args())
     assert got.dtype == batch.q.dtype and got.shape == batch.q.shape
     torch.testing.assert_close(got.float(), expected.float(), **tolerance(batch.q.dtype))
@@ -43,7 +43,10 @@ def test_a_host_layout_gives_the_same_result_without_reading_the_device(backend:
     cache = torch.randn(6, 2, 2, 8, 2, 16, generator=generator)
     q = torch.randn(5, 4, 16, generator=generator)
     tables = torch.tensor([[4, 1, 0], [2, 5, 3]], dtype=torch.int32)
-    args = (q, cache[:, 0, 0], cache[:, 0, 1], tables, torch.tensor([9, 20], dtype=torch.int32), torch.tensor([0, 1, 5], dtype=torch.int32))
+    cache, q, tables, seq_lens, starts = for_backend(
+        backend, cache, q, tables, torch.tensor([9, 20], dtype=torch.int32), torch.tensor([0, 1, 5], dtype=torch.int32)
+    )
+    args = (q, cache[:, 0, 0], cache[:, 0, 1], tables, seq_lens, starts)
     layout = BatchLayout(query_start_loc=[0, 1, 5], seq_lens=[9, 20])
     torch.testing.assert_close(paged_attention(*args, backend=backend, layout=layout), paged_attention(*args, backend=backend))
     with pytest.raises(ValueError, match="seq_lens\\[1\\]=30"):
@@ -62,11 +65,13 @@ def test_every_head_dim_and_gqa_ratio_in_decode_and_prefill(head_dim: int, ratio
     tables = torch.tensor([[4, 7, 1, 0], [8, 2, 5, 3]], dtype=torch.int32)
     seq_lens = torch.tensor([50, 20], dtype=torch.int32)  # a decode step at 50, a prefill of 20
     starts = torch.tensor([0, 1, 21], dtype=torch.int32)
-    args = (q, cache[:, 1, 0], cache[:, 1, 1], tables, seq_lens, starts)
-    torch.testing.assert_close(paged_attention_triton(*args), reference.paged_attention(*args), atol=1e-5, rtol=1e-5)
+    expected = reference.paged_attention(q, cache[:, 1, 0], cache[:, 1, 1], tables, seq_lens, starts)
+    q, cache, tables, seq_lens, starts = for_backend("triton", q, cache, tables, seq_lens, starts)
+    got = paged_attention_triton(q, cache[:, 1, 0], cache[:, 1, 1], tables, seq_lens, starts).cpu()
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_auto_backend_runs_triton_under_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_backend_runs_triton_on_the_kernel_device(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     import fastswitch.kernels.triton_attention as triton_module
 
@@ -75,9 +80,10 @@ def test_auto_backend_runs_triton_under_the_interpreter(monkeypatch: pytest.Monk
         return paged_attention_triton(*args, **kwargs)
 
     monkeypatch.setattr(triton_module, "paged_attention_triton", recording)
-    cache = torch.randn(2, 8, 1, 16)
-    one = torch.ones(1, dtype=torch.int32)
-    paged_attention(torch.randn(1, 1, 16), cache, cache, one.view(1, 1), one, torch.tensor([0, 1], dtype=torch.int32))
+    cache, q, one, starts = for_backend(
+        "auto", torch.randn(2, 8, 1, 16), torch.randn(1, 1, 16), torch.ones(1, dtype=torch.int32), torch.tensor([0, 1], dtype=torch.int32)
+    )
+    paged_attention(q, cache, cache, one.view(1, 1), one, starts)
     assert len(calls) == 1
 
 
@@ -92,7 +98,11 @@ def test_strided_index_tensors_are_read_correctly() -> None:
     generator = torch.Generator().manual_seed(0)
     cache = torch.randn(8, 16, 2, 32, generator=generator)
     q = torch.randn(3, 4, 32, generator=generator)
-    tables = torch.tensor([[0, 9, 5, 9], [1, 9, 2, 9]], dtype=torch.int32)[:, ::2]  # column stride 2
-    seq_lens = torch.tensor([20, 0, 18, 0], dtype=torch.int32)[::2]
-    args = (q, cache, cache, tables, seq_lens, torch.tensor([0, 1, 3], dtype=torch.int32))
-    torch.testing.assert_close(paged_attention_triton(*args), reference.paged_attention(*args), atol=1e-5, rtol=1e-5)
+    padded_tables = torch.tensor([[0, 9, 5, 9], [1, 9, 2, 9]], dtype=torch.int32)
+    padded_lens = torch.tensor([20, 0, 18, 0], dtype=torch.int32)
+    starts = torch.tensor([0, 1, 3], dtype=torch.int32)
+    expected = reference.paged_attention(q, cache, cache, padded_tables[:, ::2], padded_lens[::2], starts)
+    # Sliced on the kernel's device: column stride 2 in the tables, stride 2 in the lengths.
+    q, cache, padded_tables, padded_lens, starts = for_backend("triton", q, cache, padded_tables, padded_lens, starts)
+    got = paged_attention_triton(q, cache, cache, padded_tables[:, ::2], padded_lens[::2], starts).cpu()
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -1,9 +1,10 @@
-"""The Triton store kernel against its torch twin: the same bits in the same slots, nothing else touched."""
+"""The Triton store kernel (on the kernel device) against its torch twin: the same bits in the same slots, nothing else touched."""
 
 from __future__ import annotations
 
 import torch
 from hypothesis import given, strategies as st
+from kernel_batches import for_backend
 
 from fastswitch.kernels import reference
 from fastswitch.kernels.triton_store import store_kv_triton
@@ -30,5 +31,6 @@ def test_store_matches_the_twin_bit_for_bit(
 
     expected = cache.clone()
     reference.store_kv(key, value, expected[:, layer, 0], expected[:, layer, 1], slot_mapping)
-    store_kv_triton(key, value, cache[:, layer, 0], cache[:, layer, 1], slot_mapping)
-    assert torch.equal(cache.view(torch.uint8), expected.view(torch.uint8))
+    cache, fused, slot_mapping = for_backend("triton", cache, fused, slot_mapping)
+    store_kv_triton(fused[:, 0], fused[:, 1], cache[:, layer, 0], cache[:, layer, 1], slot_mapping)
+    assert torch.equal(cache.cpu().view(torch.uint8), expected.view(torch.uint8))
