@@ -52,6 +52,13 @@ class EngineConfig:
     async_swap: bool = True
     kv_reuse: bool = True
 
+    # The adaptive sync/async swap rule (with async_swap; sched/scheduler.py): a swap whose estimated
+    # copy time is at most sync_swap_fraction of the recent step time is waited for when the batch
+    # would otherwise shrink; until copies and steps have been timed, one of at most
+    # adaptive_sync_blocks blocks is.
+    sync_swap_fraction: float = 0.25
+    adaptive_sync_blocks: int = 4
+
     # Execution.
     attention_backend: str = "auto"
     dtype: str = "auto"
@@ -76,6 +83,12 @@ class EngineConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
+        blocks = self.adaptive_sync_blocks
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
+            raise ValueError(f"adaptive_sync_blocks={blocks!r} must be an integer >= 0")
+        fraction = self.sync_swap_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not fraction >= 0:
+            raise ValueError(f"sync_swap_fraction={fraction!r} must be a number >= 0")
         if not 0.0 <= self.priority_update_freq <= 1.0:
             raise ValueError(f"priority_update_freq={self.priority_update_freq!r} must lie in [0, 1]")
         if self.vtc_input_weight < 0 or self.vtc_output_weight < 0:

@@ -101,15 +101,11 @@ class Engine:
         eos_token_ids: list[int] | tuple[int, ...] = (),
         vocab_size: int | None = None,
         detokenize: Callable[[list[int]], str] | None = None,
-        adaptive_sync_blocks: int = 4,
-        sync_swap_fraction: float = 0.25,
         pack_min_runs: int | None = None,
     ) -> None:
-        """sync_swap_fraction: with async swapping, a swap whose estimated copy time is at most this
-        fraction of the recent step time is waited for when the batch would otherwise shrink;
-        adaptive_sync_blocks: the same rule by block count, until copies and steps have been timed
-        (see sched/scheduler.py). pack_min_runs: swaps of a sequence fragmented into at least this
-        many runs use the pack kernel (cache/swap_manager.py)."""
+        """pack_min_runs: swaps of a sequence fragmented into at least this many runs use the pack
+        kernel (cache/swap_manager.py). The adaptive swap rule's knobs are EngineConfig fields
+        (sync_swap_fraction, adaptive_sync_blocks)."""
         self.config = config
         self.executor = executor
         self.eos_token_ids = tuple(eos_token_ids)
@@ -122,7 +118,7 @@ class Engine:
             asynchronous=config.async_swap, kv_reuse=config.kv_reuse, clock=executor.now,
             pack_min_runs=pack_min_runs,
         )
-        self.scheduler = Scheduler(config, self.swap_manager, max_model_len, adaptive_sync_blocks, sync_swap_fraction)
+        self.scheduler = Scheduler(config, self.swap_manager, max_model_len)
         self.run_metrics = RunMetrics()
         self.num_steps = 0
         self.num_batched_tokens = 0

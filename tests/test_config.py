@@ -23,6 +23,8 @@ def test_override_turns_on_one_mechanism():
         ({"priority_update_freq": 1.5}, "priority_update_freq=1.5"),
         ({"num_gpu_blocks": -3}, "num_gpu_blocks=-3"),
         ({"preemption_mode": "kill"}, "preemption_mode='kill'"),
+        ({"sync_swap_fraction": -0.1}, "sync_swap_fraction=-0.1 must be a number >= 0"),
+        ({"adaptive_sync_blocks": -2}, "adaptive_sync_blocks=-2 must be an integer >= 0"),
     ],
 )
 def test_bad_values_name_the_value(kwargs, fragment):
@@ -35,3 +37,9 @@ def test_unknown_preset_and_field():
         EngineConfig.from_preset("fast")
     with pytest.raises(ValueError, match="blocksize"):
         EngineConfig.from_preset("vllm", blocksize=8)
+
+
+def test_adaptive_swap_knobs_are_fields_with_the_schedulers_defaults():
+    cfg = EngineConfig.from_preset("fastswitch", sync_swap_fraction=0.1)
+    assert (cfg.sync_swap_fraction, cfg.adaptive_sync_blocks) == (0.1, 4)
+    assert (EngineConfig().sync_swap_fraction, EngineConfig(adaptive_sync_blocks=0).adaptive_sync_blocks) == (0.25, 0)

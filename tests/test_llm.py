@@ -113,6 +113,14 @@ def test_config_errors(hf_model):
         small.generate([[1] * 10], SamplingParams(max_tokens=8))
 
 
+def test_adaptive_swap_knobs_reach_the_scheduler(hf_model):
+    llm = LLM(hf_model, block_size=8, attention_backend="torch", sync_swap_fraction=0.1, adaptive_sync_blocks=0)
+    assert llm.config.sync_swap_fraction == 0.1
+    assert (llm.engine.scheduler.sync_swap_fraction, llm.engine.scheduler.adaptive_sync_blocks) == (0.1, 0)
+    with pytest.raises(ValueError, match="sync_swap_fraction=-1 must be a number >= 0"):
+        LLM(hf_model, sync_swap_fraction=-1)
+
+
 def test_requests_wait_for_blocks_and_all_finish(hf_model, llm):
     # 3 blocks fit one request of 20 tokens at a time: the others wait for its blocks.
     tight = LLM(hf_model, block_size=8, num_gpu_blocks=3, attention_backend="torch")

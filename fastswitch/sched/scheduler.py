@@ -34,23 +34,13 @@ STEP_TIME_WEIGHT = 0.2  # weight of the newest step in the step-time average: fo
 
 
 class Scheduler:
-    def __init__(
-        self,
-        config,
-        kv: KVSpace,
-        max_seq_len: int,
-        adaptive_sync_blocks: int = 4,
-        sync_swap_fraction: float = 0.25,
-    ) -> None:
-        if adaptive_sync_blocks < 0:
-            raise ValueError(f"adaptive_sync_blocks={adaptive_sync_blocks!r} must be >= 0")
-        if not sync_swap_fraction >= 0:
-            raise ValueError(f"sync_swap_fraction={sync_swap_fraction!r} must be >= 0")
+    def __init__(self, config, kv: KVSpace, max_seq_len: int) -> None:
+        """config: an EngineConfig (validated there), whose fields set the policy and the adaptive rule."""
         self.config = config
         self.kv = kv
         self.max_seq_len = min(max_seq_len, kv.num_device_blocks * kv.block_size)
-        self.adaptive_sync_blocks = adaptive_sync_blocks
-        self.sync_swap_fraction = sync_swap_fraction
+        self.adaptive_sync_blocks = config.adaptive_sync_blocks
+        self.sync_swap_fraction = config.sync_swap_fraction
         self.step_time: float | None = None  # exponential average of executor step durations (s)
         self.policy = make_policy(config.policy, config.vtc_input_weight, config.vtc_output_weight)
         self.priority_updater = PriorityUpdater(

@@ -15,11 +15,12 @@ def params(n: int) -> SamplingParams:
     return SamplingParams(max_tokens=n, ignore_eos=True)
 
 
-def preempt_one(victim: str, seconds_per_byte: float):
-    """Two residents, then an urgent request that must evict `victim` (the later, lower-ranked one)."""
+def preempt_one(victim: str, seconds_per_byte: float | None, **overrides):
+    """Two residents, then an urgent request that must evict `victim` (the later, lower-ranked one).
+    seconds_per_byte=None: the copy engine gives no estimate (the block-count fallback decides)."""
     config = EngineConfig(
         block_size=4, num_gpu_blocks=12, num_cpu_blocks=48, max_num_seqs=8, policy="priority",
-        async_swap=True, kv_reuse=False,
+        async_swap=True, kv_reuse=False, **overrides,
     )
     engine, _, copies = make_engine(config, seconds_per_byte=seconds_per_byte)
     order = [name for name in PROMPTS if name != victim] + [victim]
@@ -73,10 +74,36 @@ def test_step_time_is_an_average_of_executor_runs_excluding_swap_waits():
     assert engine.scheduler.step_time == pytest.approx(0.016 + 0.2 * (0.011 - 0.016))
 
 
-@pytest.mark.parametrize("kwargs", [{"adaptive_sync_blocks": -1}, {"sync_swap_fraction": -0.5}])
-def test_bad_adaptive_parameters_name_the_value(kwargs):
-    from fastswitch.sched.scheduler import Scheduler
+def test_sync_swap_fraction_is_the_engine_configs_threshold():
+    # The swap of test_a_swap_small_against...: 80 us against a step of tens of ms. The default
+    # fraction (0.25) waits for it; a fraction of 0 waits for no swap that takes any time at all.
+    engine, copies, outputs, urgent, step_time = preempt_one("large", seconds_per_byte=1e-8, sync_swap_fraction=0.0)
+    assert engine.scheduler.sync_swap_fraction == 0.0
+    assert engine.stats()["blocking_swaps"] == 0 and len(copies.in_flight) == 1 and not urgent.token_ids
+    finish_and_check(engine, copies, outputs)
 
-    engine, _, _ = make_engine(EngineConfig(block_size=4, num_gpu_blocks=12))
-    with pytest.raises(ValueError, match=next(iter(kwargs))):
-        Scheduler(engine.config, engine.swap_manager, 64, **kwargs)
+
+@pytest.mark.parametrize("adaptive_sync_blocks, waited", [(4, False), (8, True)])
+def test_adaptive_sync_blocks_is_the_engine_configs_fallback(adaptive_sync_blocks, waited):
+    # No estimate: the 8-block victim is beyond the default fallback of 4 blocks, within one of 8.
+    engine, copies, outputs, urgent, _ = preempt_one("large", None, adaptive_sync_blocks=adaptive_sync_blocks)
+    assert engine.stats()["blocking_swaps"] == int(waited)
+    assert len(urgent.token_ids) == int(waited) and len(copies.in_flight) == int(not waited)
+    finish_and_check(engine, copies, outputs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"adaptive_sync_blocks": -1}, "adaptive_sync_blocks=-1 must be an integer >= 0"),
+        ({"adaptive_sync_blocks": 2.5}, "adaptive_sync_blocks=2.5 must be an integer >= 0"),
+        ({"sync_swap_fraction": -0.5}, r"sync_swap_fraction=-0\.5 must be a number >= 0"),
+        ({"sync_swap_fraction": float("nan")}, "sync_swap_fraction=nan must be a number >= 0"),
+        ({"sync_swap_fraction": "0.1"}, "sync_swap_fraction='0.1' must be a number >= 0"),
+    ],
+)
+def test_bad_adaptive_parameters_name_the_value_and_the_limit(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EngineConfig(**kwargs)
+    with pytest.raises(ValueError, match=message):
+        EngineConfig.from_preset("fastswitch", **kwargs)

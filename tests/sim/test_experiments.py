@@ -40,3 +40,10 @@ def test_request_rate_is_turns_per_second():
     exp = get_experiment("llama8b-a10")
     assert exp.conversation_rate(1.0) == pytest.approx(1 / 5.5)
     assert exp.replace(workload={"mean_turns": 2.0}).conversation_rate(3.0) == 1.5
+
+
+def test_engine_overrides_reach_every_presets_config():
+    exp = get_experiment("smoke").replace(engine={"sync_swap_fraction": 0.1, "adaptive_sync_blocks": 2})
+    for preset in ("vllm", "fastswitch"):
+        config = exp.engine_config(preset, seed=0)
+        assert (config.sync_swap_fraction, config.adaptive_sync_blocks) == (0.1, 2)

@@ -83,3 +83,14 @@ def test_an_engine_needs_explicit_pool_sizes():
         build_simulated_engine(EngineConfig(max_model_len=64), LLAMA, A10)
     with pytest.raises(ValueError, match="max_model_len=None"):
         build_simulated_engine(EngineConfig(num_gpu_blocks=8), LLAMA, A10)
+
+
+def test_the_adaptive_swap_threshold_is_a_config_field_the_simulator_honours():
+    workload = small_workload(seed=5)
+    never = simulate(tight_config("fastswitch", sync_swap_fraction=0.0, adaptive_sync_blocks=0), LLAMA, A10, workload)
+    always = simulate(tight_config("fastswitch", sync_swap_fraction=1e9), LLAMA, A10, workload)
+    # Fraction 0 waits only for a swap estimated to take no time (1 here); a huge one for every swap
+    # whose batch would shrink (201 of 230).
+    assert never["blocking_swaps"] < always["blocking_swaps"] / 10
+    sim = build_simulated_engine(tight_config("fastswitch", sync_swap_fraction=0.1), LLAMA, A10)
+    assert sim.engine.scheduler.sync_swap_fraction == 0.1
