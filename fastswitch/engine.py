@@ -166,12 +166,17 @@ class Engine:
         prompt: str | None = None,
         seq_id: Hashable = None,
         keep_kv: bool = False,
+        arrival_time: float | None = None,
     ) -> RequestOutput:
         """Queues a request; returns its RequestOutput, which fills in as the engine steps.
 
         seq_id/keep_kv are for conversations: a turn with the seq_id of an earlier turn that kept its
-        KV appends to that context instead of computing it again.
+        KV appends to that context instead of computing it again. arrival_time: when the request
+        arrived, on the executor's clock (default: now); an earlier time, as a workload replay or a
+        server's queue knows it, counts the wait before the engine saw the request in its TTFT and
+        places it in arrival order.
         """
+        arrival_time = self.check_arrival_time(arrival_time)
         params = SamplingParams() if params is None else params
         if not isinstance(params, SamplingParams):
             raise ValueError(f"params={params!r} is not a SamplingParams")
@@ -186,7 +191,7 @@ class Engine:
         with self._lock:
             request_id = str(next(self._ids)) if request_id is None else str(request_id)
             request = Request(
-                request_id, token_ids, params, self.executor.now(), seq_id=seq_id, priority=priority,
+                request_id, token_ids, params, arrival_time, seq_id=seq_id, priority=priority,
                 client_id=client_id, eos_token_ids=self.eos_token_ids, prompt=prompt, keep_kv=keep_kv,
             )
             self.scheduler.add_request(request)
@@ -195,6 +200,15 @@ class Engine:
             )
             self._outputs[request_id] = output
             return output
+
+    def check_arrival_time(self, arrival_time: float | None) -> float:
+        """The arrival time add_request would stamp: now for None; ValueError for one not yet reached."""
+        now = self.executor.now()
+        if arrival_time is None:
+            return now
+        if isinstance(arrival_time, bool) or not isinstance(arrival_time, (int, float)) or not arrival_time <= now:
+            raise ValueError(f"arrival_time={arrival_time!r} must be a time on the executor's clock at most now={now!r}")
+        return float(arrival_time)
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Stops a request (a client went away) and frees its KV blocks; None if it is not live."""

@@ -119,14 +119,23 @@ class LLM:
     # ---- step by step -----------------------------------------------------------------------------
 
     def add_request(
-        self, prompt, sampling_params: SamplingParams | None = None, priority: int = 0, client_id: Hashable = "default"
+        self,
+        prompt,
+        sampling_params: SamplingParams | None = None,
+        priority: int = 0,
+        client_id: Hashable = "default",
+        arrival_time: float | None = None,
     ) -> RequestOutput:
-        """Queue one request without running it; `step()` advances it, and its output fills in."""
+        """Queue one request without running it; `step()` advances it, and its output fills in.
+
+        arrival_time: when it arrived, on the engine's clock (`time.monotonic()`; default: now)."""
         params = sampling_params or SamplingParams()
         text, token_ids = self._check_request(prompt, params, priority)
+        arrival_time = self.engine.check_arrival_time(arrival_time)
         return self.engine.add_request(
-            token_ids, params, request_id=self._new_request_id(), priority=priority, client_id=client_id, prompt=text
-        )
+            token_ids, params, request_id=self._new_request_id(), priority=priority, client_id=client_id, prompt=text,
+            arrival_time=arrival_time,
+        )  # fmt: skip
 
     def step(self) -> list[RequestOutput]:
         """One engine iteration; returns the outputs that got a token (finished ones included)."""

@@ -8,6 +8,7 @@ greedy output of an unconstrained run, and every device and host block must be f
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 import torch
@@ -217,3 +218,23 @@ def test_llm_step_by_step(chat_model_folder):
         seen += [o.request_id for o in llm.step()]
     assert low.finished and high.finished and seen.count(low.request_id) == 4
     llm.close()
+
+
+def test_arrival_time_orders_requests_and_starts_their_ttft(model):
+    config = EngineConfig.from_preset("fastswitch", block_size=8, attention_backend="torch", max_num_seqs=1)
+    engine = Engine.for_model(model, config, max_model_len=256, num_gpu_blocks=64)
+    now = time.monotonic()
+    later = engine.add_request([1, 2, 3], PARAMS, arrival_time=now - 1.0)
+    earlier = engine.add_request([4, 5, 6], PARAMS, arrival_time=now - 2.0)  # added second, arrived first
+    assert (earlier.metrics.arrival_time, later.metrics.arrival_time) == (now - 2.0, now - 1.0)
+    engine.run_until_done()
+    assert earlier.metrics.first_token_time < later.metrics.first_token_time  # fcfs by arrival, one at a time
+    assert earlier.metrics.ttft >= 2.0 and later.metrics.ttft >= 1.0
+    default = engine.add_request([7, 8], PARAMS)
+    assert now <= default.metrics.arrival_time <= time.monotonic()
+    for bad in (time.monotonic() + 60.0, "soon", True, float("nan")):
+        with pytest.raises(ValueError, match=r"arrival_time=.* at most now="):
+            engine.add_request([9], PARAMS, arrival_time=bad)
+    assert engine.add_request([9], PARAMS).request_id == "3"  # a rejected request used no id
+    engine.run_until_done()
+    engine.close()

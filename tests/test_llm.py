@@ -1,5 +1,7 @@
 """The LLM facade: request validation, stop conditions, seeds, metrics, batching limits, stats."""
 
+import time
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -137,3 +139,14 @@ def test_priorities_order_admission(hf_model):
     outputs = one_slot.generate(PROMPTS, SamplingParams(max_tokens=2, ignore_eos=True), priorities=[2, 0, 1])
     first_tokens = sorted(range(3), key=lambda i: outputs[i].metrics.first_token_time)
     assert first_tokens == [1, 2, 0]
+
+
+def test_add_request_takes_an_arrival_time(llm):
+    arrived = time.monotonic() - 5.0
+    output = llm.add_request([5, 9, 30], SamplingParams(max_tokens=2, ignore_eos=True), arrival_time=arrived)
+    with pytest.raises(ValueError, match="arrival_time=.* at most now="):
+        llm.add_request([5, 9], arrival_time=time.monotonic() + 60.0)
+    while llm.has_unfinished():
+        llm.step()
+    assert output.metrics.arrival_time == arrived and output.metrics.ttft >= 5.0
+    assert llm.add_request([5]).request_id == "1"  # the rejected request used no id

@@ -128,14 +128,14 @@ def replay(
     while not driver.done:
         now = engine.executor.now() - origin
         for request in driver.pop_due(now):
+            # A turn that came in during a step arrived before the clock's reading now: TTFT counts
+            # from its true arrival. (min: origin + t can round an ulp past the clock it came from.)
+            arrival = min(origin + request.arrival_time, engine.executor.now())
             output = engine.add_request(
                 request.prompt_token_ids, request.params, request_id=request.request_id,
                 priority=request.priority, client_id=request.client_id, seq_id=request.seq_id,
-                keep_kv=request.keep_kv,
+                keep_kv=request.keep_kv, arrival_time=arrival,
             )  # fmt: skip
-            # The engine stamps arrival at its clock's reading, which is later than the turn's true
-            # arrival when the turn came in during a step; TTFT counts from the true arrival.
-            output.metrics.arrival_time = origin + request.arrival_time
             outputs.append(output)
         if not engine.has_unfinished():
             next_time = driver.next_arrival_time()

@@ -50,6 +50,22 @@ def test_second_turn_reuses_the_first_turns_kv():
     assert second.metrics.ttft == pytest.approx(CostModel(LLAMA, A10).forward_time([(6, 12)]))
 
 
+def test_turns_that_arrive_during_a_step_keep_their_true_arrival_time():
+    """Two turns arrive while a long prefill runs; one sequence at a time, first come first served.
+    The engine sees both at the step's end, yet serves the earlier arrival first and counts TTFT from
+    each one's arrival (with both stamped at the step's end, their ids would order them: conv1 first)."""
+    long_prefill = Conversation(0, 0, 0.0, (Turn(256, 2, 0.0),))
+    second, first = Conversation(1, 1, 0.002, (Turn(10, 2, 0.0),)), Conversation(2, 2, 0.001, (Turn(10, 2, 0.0),))
+    workload = Workload("mid-step", (long_prefill, second, first))
+    config = tight_config("fastswitch", priority_update_freq=0.0, policy="fcfs", max_num_seqs=1)
+    sim = build_simulated_engine(config, LLAMA, A10)
+    outputs = {o.request_id: o for o in replay(sim.engine, workload, sim.clock.advance_to)}
+    assert CostModel(LLAMA, A10).forward_time([(256, 0)]) > 0.002  # both arrive during the first step
+    a, b = outputs["conv2-turn0"], outputs["conv1-turn0"]
+    assert (a.metrics.arrival_time, b.metrics.arrival_time) == (0.001, 0.002)
+    assert a.metrics.first_token_time < b.metrics.first_token_time
+
+
 def test_identical_seeds_give_identical_metrics():
     runs = [simulate(tight_config("fastswitch"), LLAMA, A10, small_workload(seed=3)) for _ in range(2)]
     for run in runs:
