@@ -13,12 +13,16 @@ from fastswitch.cache.kv_cache import KVCache
 from fastswitch.cache.swap_manager import SwapManager
 
 LAYERS, BLOCK, HEADS, DIM = 3, 4, 2, 8
+# Where the device pool lives: a GPU too when there is one, so the CUDA path (pinned host pool, copy
+# stream and events, the pack kernel) runs for real there.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def make_manager(
-    block_groups=True, asynchronous=False, kv_reuse=False, device_blocks=16, host_blocks=16, pack_min_runs=None
+    block_groups=True, asynchronous=False, kv_reuse=False, device_blocks=16, host_blocks=16, pack_min_runs=None,
+    device_type="cpu",
 ):
-    device = KVCache(device_blocks, LAYERS, BLOCK, HEADS, DIM, torch.float32)
+    device = KVCache(device_blocks, LAYERS, BLOCK, HEADS, DIM, torch.float32, device=device_type)
     host = KVCache.host_pool_for(device, host_blocks)
     copies = TorchCopyEngine(device, host, asynchronous=asynchronous)
     manager = SwapManager(
@@ -29,15 +33,16 @@ def make_manager(
 
 
 def fill(device: KVCache, table: list[int]) -> torch.Tensor:
-    values = torch.randn(len(table), *device.data.shape[1:])
+    values = torch.randn(len(table), *device.data.shape[1:], device=device.device)
     device.data[table] = values
     return values
 
 
+@pytest.mark.parametrize("device_type", DEVICES)
 @pytest.mark.parametrize("block_groups", [True, False])
 @pytest.mark.parametrize("asynchronous", [True, False])
-def test_round_trip_restores_kv_and_counts_calls(block_groups, asynchronous):
-    manager, device, _ = make_manager(block_groups, asynchronous)
+def test_round_trip_restores_kv_and_counts_calls(block_groups, asynchronous, device_type):
+    manager, device, _ = make_manager(block_groups, asynchronous, device_type=device_type)
     table = manager.allocate("a", 5 * BLOCK)
     values = fill(device, table)
     manager.swap_out("a", 5 * BLOCK, blocking=False)
@@ -65,9 +70,12 @@ def test_round_trip_restores_kv_and_counts_calls(block_groups, asynchronous):
     block_groups=st.booleans(),
     kv_reuse=st.booleans(),
     growth=st.integers(0, 2 * BLOCK),
+    device_type=st.sampled_from(DEVICES),
 )
-def test_swap_round_trips_preserve_every_sequence(lengths, block_groups, kv_reuse, growth):
-    manager, device, _ = make_manager(block_groups, kv_reuse=kv_reuse, device_blocks=16, host_blocks=32)
+def test_swap_round_trips_preserve_every_sequence(lengths, block_groups, kv_reuse, growth, device_type):
+    manager, device, _ = make_manager(
+        block_groups, kv_reuse=kv_reuse, device_blocks=16, host_blocks=32, device_type=device_type
+    )
     names = [f"s{i}" for i in range(len(lengths))]
     expected = {}
     for name, n in zip(names, lengths):
