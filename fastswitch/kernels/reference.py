@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 
 import torch
-from einops import rearrange
+import torch.nn.functional as F
+from einops import rearrange, repeat
 
 from fastswitch.kernels.checks import (
     BatchLayout,
@@ -39,32 +40,79 @@ def paged_attention(
     seq_lens [B] int32 (cached + new); query_start_loc [B + 1] int32. Query i of sequence b sits at
     position seq_lens[b] - q_len_b + i and sees keys at positions <= its own. `layout`: host copies of
     query_start_loc and seq_lens, when the caller has them (see BatchLayout).
+
+    All decodes (q_len 1) are attended in one batched call; each longer query (prefill, chunked
+    prefill) in its own, so a prefill never pads the decodes' queries to its length.
     """
     layout = check_paged_attention(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, layout)
-    head_dim = q.shape[2]
-    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
-    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else scale
+    starts, lens = layout.query_start_loc, layout.seq_lens
+    decodes = [b for b in range(layout.num_seqs) if layout.query_len(b) == 1]
+    if len(decodes) == layout.num_seqs:  # a decode step: token b is sequence b's one query
+        return _attend(q[:, None], k_cache, v_cache, block_tables, lens, scale)[:, 0]
     out = torch.empty_like(q)
+    if decodes:
+        rows = torch.tensor([starts[b] for b in decodes], device=q.device)
+        tables = block_tables[torch.tensor(decodes, device=q.device)]
+        out[rows] = _attend(q[rows, None], k_cache, v_cache, tables, [lens[b] for b in decodes], scale)[:, 0]
     for b in range(layout.num_seqs):
-        query_len, seq_len = layout.query_len(b), layout.seq_lens[b]
-        if query_len == 0:
-            continue
-        num_used_blocks = -(-seq_len // block_size)
-        block_ids = block_tables[b, :num_used_blocks].long()
-        # Gather the sequence's blocks into contiguous [Hkv, L, D] keys and values.
-        keys = rearrange(k_cache[block_ids].flatten(0, 1)[:seq_len].float(), "l h d -> h l d")
-        values = rearrange(v_cache[block_ids].flatten(0, 1)[:seq_len].float(), "l h d -> h l d")
-        start = layout.query_start_loc[b]
-        # Query heads sharing a KV head become rows of one matrix product: [Hkv, group * q_len, D].
-        queries = rearrange(q[start : start + query_len].float(), "t (h g) d -> h (g t) d", h=num_kv_heads)
-        scores = (queries @ keys.transpose(1, 2) * scale).view(num_kv_heads, -1, query_len, seq_len)
-        # Causal by position: the queries are the last query_len tokens of the sequence.
-        query_pos = torch.arange(seq_len - query_len, seq_len, device=q.device)
-        hidden = torch.arange(seq_len, device=q.device)[None, :] > query_pos[:, None]
-        scores.masked_fill_(hidden, float("-inf"))
-        attended = torch.softmax(scores, dim=-1).flatten(1, 2) @ values
-        out[start : start + query_len] = rearrange(attended, "h (g t) d -> t (h g) d", t=query_len).to(q.dtype)
+        if layout.query_len(b) > 1:
+            start, end = starts[b], starts[b + 1]
+            out[start:end] = _attend(q[None, start:end], k_cache, v_cache, block_tables[b : b + 1], [lens[b]], scale)[0]
     return out
+
+
+def _attend(
+    queries: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: list[int],
+    scale: float,
+) -> torch.Tensor:
+    """B sequences with t new tokens each: queries [B, t, Hq, D] -> [B, t, Hq, D] in their dtype.
+
+    Every sequence's blocks are gathered into one padded [B, Hkv, L, D] batch, L the longest sequence
+    rounded up to whole blocks; a mask hides the padding and, for t > 1, the future.
+    """
+    num_seqs, query_len, num_q_heads, _ = queries.shape
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    device = queries.device
+    blocks_per_seq = [-(-n // block_size) for n in seq_lens]
+    max_blocks = max(blocks_per_seq)
+    padded_len = max_blocks * block_size
+    # Table entries past a sequence's last block may be anything: read its first block there instead.
+    in_use = torch.arange(max_blocks, device=device) < torch.tensor(blocks_per_seq, device=device)[:, None]
+    block_ids = torch.where(in_use, block_tables[:, :max_blocks], block_tables[:, :1]).long()
+    # Slots past a sequence's end are zeroed once gathered: they may hold stale or non-finite values,
+    # and 0 * NaN would leak through a softmax weight of 0.
+    past = None
+    if sum(seq_lens) < num_seqs * padded_len:
+        past = torch.cat([torch.arange(b * padded_len + n, (b + 1) * padded_len) for b, n in enumerate(seq_lens)])
+        past = past.to(device)
+    keys = _gather(k_cache, block_ids, past)  # [B, Hkv, L, D] fp32
+    values = _gather(v_cache, block_ids, past)
+    # Query heads sharing a KV head become rows of one matrix product: [B, Hkv, group * t, D].
+    group = num_q_heads // num_kv_heads
+    folded = rearrange(queries.float(), "b t (h g) d -> b h (g t) d", h=num_kv_heads)
+    mask = None
+    if query_len > 1 or past is not None:
+        # Causal by position: the queries are the last t tokens of each sequence.
+        query_pos = torch.tensor(seq_lens, device=device)[:, None] - query_len + torch.arange(query_len, device=device)
+        visible = torch.arange(padded_len, device=device) <= query_pos[:, :, None]  # [B, t, L]
+        mask = repeat(visible, "b t l -> b 1 (g t) l", g=group)
+    attended = F.scaled_dot_product_attention(folded, keys, values, attn_mask=mask, scale=scale)
+    return rearrange(attended, "b h (g t) d -> b t (h g) d", g=group).to(queries.dtype)
+
+
+def _gather(cache: torch.Tensor, block_ids: torch.Tensor, past: torch.Tensor | None) -> torch.Tensor:
+    """The blocks block_ids [B, nb] of cache [num_blocks, bs, Hkv, D] as fp32 [B, Hkv, nb * bs, D], rows
+    `past` (flat indices b * nb * bs + position) zeroed. One index_select: a copy per block is what costs."""
+    num_seqs = block_ids.shape[0]
+    tokens = rearrange(cache.index_select(0, block_ids.flatten()).float(), "(b n) s h d -> (b n s) h d", b=num_seqs)
+    if past is not None:
+        tokens.index_fill_(0, past, 0.0)
+    return rearrange(tokens, "(b l) h d -> b h l d", b=num_seqs)
 
 
 def store_kv(
