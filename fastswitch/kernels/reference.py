@@ -48,7 +48,7 @@ def paged_attention(
     scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else scale
     starts, lens = layout.query_start_loc, layout.seq_lens
     decodes = [b for b in range(layout.num_seqs) if layout.query_len(b) == 1]
-    if len(decodes) == layout.num_seqs:  # a decode step: token b is sequence b's one query
+    if decodes and len(decodes) == layout.num_seqs:  # a decode step: token b is sequence b's one query
         return _attend(q[:, None], k_cache, v_cache, block_tables, lens, scale)[:, 0]
     out = torch.empty_like(q)
     if decodes:
@@ -79,24 +79,18 @@ def _attend(
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     device = queries.device
     blocks_per_seq = [-(-n // block_size) for n in seq_lens]
-    max_blocks = max(blocks_per_seq)
-    padded_len = max_blocks * block_size
-    # Table entries past a sequence's last block may be anything: read its first block there instead.
-    in_use = torch.arange(max_blocks, device=device) < torch.tensor(blocks_per_seq, device=device)[:, None]
-    block_ids = torch.where(in_use, block_tables[:, :max_blocks], block_tables[:, :1]).long()
-    # Slots past a sequence's end are zeroed once gathered: they may hold stale or non-finite values,
-    # and 0 * NaN would leak through a softmax weight of 0.
-    past = None
-    if sum(seq_lens) < num_seqs * padded_len:
-        past = torch.cat([torch.arange(b * padded_len + n, (b + 1) * padded_len) for b, n in enumerate(seq_lens)])
-        past = past.to(device)
-    keys = _gather(k_cache, block_ids, past)  # [B, Hkv, L, D] fp32
-    values = _gather(v_cache, block_ids, past)
+    padded_len = max(blocks_per_seq) * block_size
+    # Table entries past a sequence's last block may be anything: re-read its first block there.
+    in_use = torch.arange(max(blocks_per_seq), device=device) < torch.tensor(blocks_per_seq, device=device)[:, None]
+    block_ids = torch.where(in_use, block_tables[:, : in_use.shape[1]], block_tables[:, :1]).long()
+    unwritten = _unwritten_rows(seq_lens, block_size, padded_len, device)
+    keys = _gather(k_cache, block_ids, unwritten)  # [B, Hkv, L, D] fp32
+    values = _gather(v_cache, block_ids, unwritten)
     # Query heads sharing a KV head become rows of one matrix product: [B, Hkv, group * t, D].
     group = num_q_heads // num_kv_heads
     folded = rearrange(queries.float(), "b t (h g) d -> b h (g t) d", h=num_kv_heads)
-    mask = None
-    if query_len > 1 or past is not None:
+    mask = None  # a decode whose keys fill the padded length sees them all
+    if query_len > 1 or sum(seq_lens) < num_seqs * padded_len:
         # Causal by position: the queries are the last t tokens of each sequence.
         query_pos = torch.tensor(seq_lens, device=device)[:, None] - query_len + torch.arange(query_len, device=device)
         visible = torch.arange(padded_len, device=device) <= query_pos[:, :, None]  # [B, t, L]
@@ -105,13 +99,30 @@ def _attend(
     return rearrange(attended, "b h (g t) d -> b t (h g) d", g=group).to(queries.dtype)
 
 
-def _gather(cache: torch.Tensor, block_ids: torch.Tensor, past: torch.Tensor | None) -> torch.Tensor:
-    """The blocks block_ids [B, nb] of cache [num_blocks, bs, Hkv, D] as fp32 [B, Hkv, nb * bs, D], rows
-    `past` (flat indices b * nb * bs + position) zeroed. One index_select: a copy per block is what costs."""
+def _unwritten_rows(seq_lens: list[int], block_size: int, padded_len: int, device: torch.device) -> torch.Tensor | None:
+    """Flat indices b * L + p of the gathered rows past sequence b's end that hold no key of it: the tail
+    of its last block and, for a sequence shorter than a block, that tail again in each padded block.
+
+    They may hold stale or non-finite values, and the mask is not enough: a weight of 0 times NaN is NaN.
+    Every other padded row re-reads a written slot of the sequence's first block, and is only masked.
+    """
+    rows: list[int] = []
+    for b, seq_len in enumerate(seq_lens):
+        start, last_block_end = b * padded_len, -(-seq_len // block_size) * block_size
+        rows += range(start + seq_len, start + last_block_end)
+        if seq_len < block_size:
+            rows += [start + p + i for p in range(block_size, padded_len, block_size) for i in range(seq_len, block_size)]
+    return torch.tensor(rows, device=device) if rows else None
+
+
+def _gather(cache: torch.Tensor, block_ids: torch.Tensor, unwritten: torch.Tensor | None) -> torch.Tensor:
+    """The blocks block_ids [B, nb] of cache [num_blocks, bs, Hkv, D] as fp32 [B, Hkv, nb * bs, D], with
+    rows `unwritten` (flat indices b * nb * bs + position) zeroed. One index_select for the batch: per
+    block or per sequence, the copies' overhead is what costs."""
     num_seqs = block_ids.shape[0]
     tokens = rearrange(cache.index_select(0, block_ids.flatten()).float(), "(b n) s h d -> (b n s) h d", b=num_seqs)
-    if past is not None:
-        tokens.index_fill_(0, past, 0.0)
+    if unwritten is not None:
+        tokens.index_fill_(0, unwritten, 0.0)
     return rearrange(tokens, "(b l) h d -> b h l d", b=num_seqs)
 
 
