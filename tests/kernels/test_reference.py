@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
-from kernel_batches import KERNEL_DEVICE, PagedBatch, paged_batches, tolerance
+from kernel_batches import DTYPES, GQA_RATIOS, KERNEL_DEVICE, NUM_LAYERS, PagedBatch, paged_batches, tolerance
 
-from fastswitch.kernels import reference
+from fastswitch.kernels import BatchLayout, reference
 from fastswitch.kernels.triton_attention import paged_attention_triton
 
 
@@ -43,6 +43,73 @@ def test_paged_attention_matches_the_definition(batch: PagedBatch) -> None:
     expected = naive_paged_attention(batch).to(batch.q.dtype)
     assert got.dtype == batch.q.dtype and got.shape == batch.q.shape
     torch.testing.assert_close(got.float(), expected.float(), **tolerance(batch.q.dtype))
+
+
+@st.composite
+def decode_batches(draw: st.DrawFn) -> PagedBatch:
+    """Several decodes (q_len 1) whose lengths differ by many blocks, one of them shorter than a block,
+    maybe sequences with no new tokens, maybe one prefill or chunked prefill among them."""
+    dtype = draw(st.sampled_from(DTYPES))
+    head_dim = draw(st.sampled_from((64, 128)))
+    block_size = draw(st.sampled_from((8, 16, 32)))
+    num_kv_heads = draw(st.integers(1, 2))
+    num_q_heads = num_kv_heads * draw(st.sampled_from(GQA_RATIOS))
+    decode_lens = [draw(st.integers(1, block_size)), draw(st.integers(6 * block_size, 12 * block_size))]
+    decode_lens += draw(st.lists(st.integers(1, 12 * block_size), max_size=5))
+    shapes = [(n - 1, 1) for n in decode_lens]  # (num_cached, num_new)
+    shapes += [(draw(st.integers(1, 4 * block_size)), 0) for _ in range(draw(st.integers(0, 2)))]
+    if draw(st.booleans()):
+        shapes.append((draw(st.sampled_from((0, draw(st.integers(1, 6 * block_size))))), draw(st.integers(2, 40))))
+    shapes = draw(st.permutations(shapes))
+
+    seq_lens = [cached + new for cached, new in shapes]
+    blocks_per_seq = [-(-n // block_size) for n in seq_lens]
+    num_blocks = sum(blocks_per_seq) + 2
+    block_ids = draw(st.permutations(range(num_blocks)))
+    tables, next_id = [], 0
+    for count in blocks_per_seq:
+        tables.append(list(block_ids[next_id : next_id + count]) + [0] * (max(blocks_per_seq) - count))
+        next_id += count
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    cache = torch.randn((num_blocks, NUM_LAYERS, 2, block_size, num_kv_heads, head_dim), generator=generator).to(dtype)
+    starts = [0]
+    for _, new in shapes:
+        starts.append(starts[-1] + new)
+    return PagedBatch(
+        q=torch.randn((starts[-1], num_q_heads, head_dim), generator=generator).to(dtype),
+        block_tables=torch.tensor(tables, dtype=torch.int32),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
+        query_start_loc=torch.tensor(starts, dtype=torch.int32),
+        scale=draw(st.sampled_from((None, 0.3))),
+        cache=cache,
+        layer=draw(st.integers(0, NUM_LAYERS - 1)),
+    )
+
+
+@given(batch=decode_batches())
+def test_decode_batches_match_the_definition(batch: PagedBatch) -> None:
+    got = reference.paged_attention(*batch.args())
+    expected = naive_paged_attention(batch).to(batch.q.dtype)
+    assert got.dtype == batch.q.dtype and got.shape == batch.q.shape
+    torch.testing.assert_close(got.float(), expected.float(), **tolerance(batch.q.dtype))
+
+
+@given(batch=decode_batches())
+def test_slots_past_a_sequence_and_table_padding_are_never_read(batch: PagedBatch) -> None:
+    """NaN in every slot that holds no key and an invalid id in every table entry past a sequence's last
+    block (as a layout lets a caller pass) change nothing: the batched gather reads padding, and must
+    neither index with those entries nor let a masked NaN through (0 * NaN is NaN)."""
+    layout = BatchLayout(query_start_loc=batch.query_start_loc.tolist(), seq_lens=batch.seq_lens.tolist())
+    clean = reference.paged_attention(*batch.args(), layout=layout)
+    block_size = batch.k_cache.shape[1]
+    written = torch.zeros(batch.cache.shape[0], block_size, dtype=torch.bool)
+    for b, seq_len in enumerate(layout.seq_lens):
+        for pos in range(seq_len):
+            written[batch.block_tables[b, pos // block_size], pos % block_size] = True
+        batch.block_tables[b, -(-seq_len // block_size) :] = -1
+    batch.cache[~written[:, None, None, :].expand(-1, *batch.cache.shape[1:4])] = float("nan")
+    poisoned = reference.paged_attention(*batch.args(), layout=layout)
+    assert torch.equal(poisoned, clean)
 
 
 def test_a_sequence_with_no_new_tokens_leaves_its_neighbours_unchanged() -> None:
