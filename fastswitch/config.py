@@ -53,9 +53,9 @@ class EngineConfig:
     kv_reuse: bool = True
 
     # The adaptive sync/async swap rule (with async_swap; sched/scheduler.py): a swap whose estimated
-    # copy time is at most sync_swap_fraction of the recent step time is waited for when the batch
-    # would otherwise shrink; until copies and steps have been timed, one of at most
-    # adaptive_sync_blocks blocks is.
+    # copy time, times the requests of the last batch (who all wait for it), is at most
+    # sync_swap_fraction of the recent step time is waited for when the batch would otherwise
+    # shrink; until copies and steps have been timed, one of at most adaptive_sync_blocks blocks is.
     sync_swap_fraction: float = 0.25
     adaptive_sync_blocks: int = 4
 

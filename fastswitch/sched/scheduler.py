@@ -10,10 +10,12 @@ host has room) or by dropping it to recompute later. Swapped requests come back 
 With asynchronous swapping a swap-out frees its device blocks only when its copy completes and a
 swapped-in request runs only once its copy has landed. The adaptive rule of the paper: a swap is
 waited for in the same step when that is cheap and the batch would otherwise shrink (the request it
-makes room for, or the request it brings back, would sit the step out). Cheap is a matter of time:
-the copy engine's estimate of the copy is at most `sync_swap_fraction` of the recent step time (an
-exponential average of the executor's step durations), since overlapping it would cost that request
-a whole step. Until both are known (no copy or no step timed yet) a swap of at most
+makes room for, or the request it brings back, would sit the step out). Cheap is a matter of time
+weighed by who pays it: waiting holds up every request of the batch for the copy's duration, while
+overlapping costs the one request a whole step. So a swap is waited for when the copy engine's
+estimate of the copy, times the requests the wait holds up (the last batch), is at most
+`sync_swap_fraction` of the recent step time (an exponential average of the executor's step
+durations). Until both are known (no copy or no step timed yet) a swap of at most
 `adaptive_sync_blocks` blocks counts as cheap. Otherwise a request that will get its blocks from
 copies already in flight waits for them rather than evicting more.
 
@@ -250,11 +252,12 @@ class Scheduler:
         return True
 
     def _cheap_to_wait_for(self, seq_id: Hashable) -> bool:
-        """Whether waiting for seq_id's next swap costs little against the step that overlapping it loses."""
+        """Whether waiting for seq_id's next swap, which every request of the batch pays, costs little
+        against the step that overlapping it takes from the one request."""
         estimate = self.kv.estimated_swap_time(seq_id)
         if estimate is None or self.step_time is None:
             return self.kv.num_blocks_of(seq_id) <= self.adaptive_sync_blocks
-        return estimate <= self.sync_swap_fraction * self.step_time
+        return estimate * max(1, self.last_batch_size) <= self.sync_swap_fraction * self.step_time
 
     def _drop_idle_host_context(self) -> bool:
         for seq_id in self.idle_contexts:

@@ -1,4 +1,5 @@
-"""The adaptive sync/async swap rule decides by time: the copy's estimate against the step time."""
+"""The adaptive sync/async swap rule decides by time: the copy's estimate, times the requests a wait
+holds up, against the step time."""
 
 from __future__ import annotations
 
@@ -61,6 +62,16 @@ def test_a_swap_large_against_the_step_time_overlaps_even_when_it_is_few_blocks(
     assert engine.stats()["blocking_swaps"] == 0 and not urgent.token_ids
     if victim == "large":  # the small resident needs no new block and runs beside the copy
         assert len(copies.in_flight) == 1 and len(outputs["small"].token_ids) == 3
+    finish_and_check(engine, copies, outputs)
+
+
+def test_a_swap_one_request_could_wait_for_overlaps_when_the_whole_batch_would_wait():
+    # 8,000 B at 9.375e-7 s/B is 7.5 ms: under a quarter of the 40 ms step for one request, but the
+    # wait would hold up both requests of the last batch (15 ms of waiting), so the copy overlaps.
+    engine, copies, outputs, urgent, step_time = preempt_one("large", seconds_per_byte=9.375e-7)
+    estimate, residents = 8000 * 9.375e-7, 2  # the batch before the urgent request came: both residents
+    assert estimate <= 0.25 * step_time < estimate * residents
+    assert engine.stats()["blocking_swaps"] == 0 and len(copies.in_flight) == 1 and not urgent.token_ids
     finish_and_check(engine, copies, outputs)
 
 
