@@ -56,7 +56,8 @@ class EngineConfig:
     # copy time, times the requests of the last batch (who all wait for it), is at most
     # sync_swap_fraction of the recent step time is waited for when the batch would otherwise
     # shrink; until copies and steps have been timed, one of at most adaptive_sync_blocks blocks is.
-    sync_swap_fraction: float = 0.25
+    # 0.1: the best of 0-1 in benchmarks/swap_rule_sweep.py on simulated Llama-3-8B / A10 (README).
+    sync_swap_fraction: float = 0.1
     adaptive_sync_blocks: int = 4
 
     # Execution.

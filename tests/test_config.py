@@ -42,4 +42,4 @@ def test_unknown_preset_and_field():
 def test_adaptive_swap_knobs_are_fields_with_the_schedulers_defaults():
     cfg = EngineConfig.from_preset("fastswitch", sync_swap_fraction=0.1)
     assert (cfg.sync_swap_fraction, cfg.adaptive_sync_blocks) == (0.1, 4)
-    assert (EngineConfig().sync_swap_fraction, EngineConfig(adaptive_sync_blocks=0).adaptive_sync_blocks) == (0.25, 0)
+    assert (EngineConfig().sync_swap_fraction, EngineConfig(adaptive_sync_blocks=0).adaptive_sync_blocks) == (0.1, 0)

@@ -47,7 +47,7 @@ def test_a_swap_small_against_the_step_time_is_waited_for_even_when_it_is_many_b
     # 8 blocks, beyond the block-count fallback of 4, but 8,000 B at 1e-8 s/B is 80 us against a
     # step of tens of milliseconds: waiting lets the urgent request run in this very step.
     engine, copies, outputs, urgent, step_time = preempt_one("large", seconds_per_byte=1e-8)
-    assert 8000 * 1e-8 <= 0.25 * step_time
+    assert 8000 * 1e-8 <= EngineConfig().sync_swap_fraction * step_time
     assert engine.stats()["blocking_swaps"] == 1 and not copies.in_flight and len(urgent.token_ids) == 1
     finish_and_check(engine, copies, outputs)
 
@@ -58,7 +58,7 @@ def test_a_swap_large_against_the_step_time_overlaps_even_when_it_is_few_blocks(
     # for it when no estimate exists: test_conversation.py) takes longer than the steps it would
     # stall, so the swap is not waited for and the urgent request sits this step out.
     engine, copies, outputs, urgent, step_time = preempt_one(victim, seconds_per_byte=1e-4)
-    assert 2000 * 1e-4 > 0.25 * step_time
+    assert 2000 * 1e-4 > EngineConfig().sync_swap_fraction * step_time
     assert engine.stats()["blocking_swaps"] == 0 and not urgent.token_ids
     if victim == "large":  # the small resident needs no new block and runs beside the copy
         assert len(copies.in_flight) == 1 and len(outputs["small"].token_ids) == 3
@@ -66,11 +66,11 @@ def test_a_swap_large_against_the_step_time_overlaps_even_when_it_is_few_blocks(
 
 
 def test_a_swap_one_request_could_wait_for_overlaps_when_the_whole_batch_would_wait():
-    # 8,000 B at 9.375e-7 s/B is 7.5 ms: under a quarter of the 40 ms step for one request, but the
-    # wait would hold up both requests of the last batch (15 ms of waiting), so the copy overlaps.
-    engine, copies, outputs, urgent, step_time = preempt_one("large", seconds_per_byte=9.375e-7)
-    estimate, residents = 8000 * 9.375e-7, 2  # the batch before the urgent request came: both residents
-    assert estimate <= 0.25 * step_time < estimate * residents
+    # 8,000 B at 3.75e-7 s/B is 3 ms: under a tenth of the 40 ms step for one request, but the wait
+    # would hold up both requests of the last batch (6 ms of waiting), so the copy overlaps.
+    engine, copies, outputs, urgent, step_time = preempt_one("large", seconds_per_byte=3.75e-7)
+    estimate, residents = 8000 * 3.75e-7, 2  # the batch before the urgent request came: both residents
+    assert estimate <= EngineConfig().sync_swap_fraction * step_time < estimate * residents
     assert engine.stats()["blocking_swaps"] == 0 and len(copies.in_flight) == 1 and not urgent.token_ids
     finish_and_check(engine, copies, outputs)
 
@@ -87,7 +87,7 @@ def test_step_time_is_an_average_of_executor_runs_excluding_swap_waits():
 
 def test_sync_swap_fraction_is_the_engine_configs_threshold():
     # The swap of test_a_swap_small_against...: 80 us against a step of tens of ms. The default
-    # fraction (0.25) waits for it; a fraction of 0 waits for no swap that takes any time at all.
+    # fraction (0.1) waits for it; a fraction of 0 waits for no swap that takes any time at all.
     engine, copies, outputs, urgent, step_time = preempt_one("large", seconds_per_byte=1e-8, sync_swap_fraction=0.0)
     assert engine.scheduler.sync_swap_fraction == 0.0
     assert engine.stats()["blocking_swaps"] == 0 and len(copies.in_flight) == 1 and not urgent.token_ids
