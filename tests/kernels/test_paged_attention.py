@@ -37,6 +37,21 @@ def test_decode_steps_match_the_torch_twin(batch: PagedBatch, num_splits: int | 
     assert_matches_twin(batch, num_splits)
 
 
+@settings(max_examples=10)
+@given(batch=paged_batches(dtypes=(torch.float32,), max_seqs=6, max_context=60))
+def test_slots_no_sequence_wrote_may_hold_nan(batch: PagedBatch) -> None:
+    # The last key tile of a sequence runs past its end: NaN there must be masked out, not multiplied by 0.
+    expected = reference.paged_attention(*batch.args())
+    block_size = batch.k_cache.shape[1]
+    written = torch.zeros(batch.cache.shape[0], block_size, dtype=torch.bool)
+    for b, seq_len in enumerate(batch.seq_lens.tolist()):
+        for pos in range(seq_len):
+            written[batch.block_tables[b, pos // block_size], pos % block_size] = True
+    batch.cache[~written[:, None, None, :].expand(-1, *batch.cache.shape[1:4])] = float("nan")
+    got = paged_attention_triton(*batch.on(KERNEL_DEVICE).args()).cpu()
+    torch.testing.assert_close(got, expected, **tolerance(torch.float32))
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_a_host_layout_gives_the_same_result_without_reading_the_device(backend: str) -> None:
     generator = torch.Generator().manual_seed(7)
