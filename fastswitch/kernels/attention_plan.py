@@ -129,9 +129,9 @@ def plan_attention(
 def _fit_shared_memory(
     block_q: int, block_n: int, group_pad: int, head_dim_pad: int, full_precision: bool, shared_memory: int
 ) -> tuple[int, int]:
-    """Halve the key step, then the query tile, until the tiles fit; the smallest tiles (16 x 16 x
-    256) need at most about 50 KB, which every GPU the kernel targets has, and a device with less fails at launch with
-    Triton's OutOfResources error rather than computing anything wrong."""
+    """Halve the key step, then the query tile, until the tiles fit. The smallest tiles (16 x 16 x
+    256) need at most about 50 KB, which every GPU the kernel targets has; on a device with less the
+    launch fails with Triton's OutOfResources error rather than computing anything wrong."""
 
     def fits(q: int, n: int) -> bool:
         return shared_memory_bound(max(MIN_DOT_SIZE, q * group_pad), n, head_dim_pad, full_precision) <= shared_memory
