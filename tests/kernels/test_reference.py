@@ -35,12 +35,16 @@ def naive_paged_attention(batch: PagedBatch) -> torch.Tensor:
     return out
 
 
-@given(batch=paged_batches())
-def test_paged_attention_matches_the_definition(batch: PagedBatch) -> None:
+def assert_matches_definition(batch: PagedBatch) -> None:
     got = reference.paged_attention(*batch.args())
     expected = naive_paged_attention(batch).to(batch.q.dtype)
     assert got.dtype == batch.q.dtype and got.shape == batch.q.shape
     torch.testing.assert_close(got.float(), expected.float(), **tolerance(batch.q.dtype))
+
+
+@given(batch=paged_batches())
+def test_paged_attention_matches_the_definition(batch: PagedBatch) -> None:
+    assert_matches_definition(batch)
 
 
 @st.composite
@@ -86,10 +90,7 @@ def decode_batches(draw: st.DrawFn) -> PagedBatch:
 
 @given(batch=decode_batches())
 def test_decode_batches_match_the_definition(batch: PagedBatch) -> None:
-    got = reference.paged_attention(*batch.args())
-    expected = naive_paged_attention(batch).to(batch.q.dtype)
-    assert got.dtype == batch.q.dtype and got.shape == batch.q.shape
-    torch.testing.assert_close(got.float(), expected.float(), **tolerance(batch.q.dtype))
+    assert_matches_definition(batch)
 
 
 @given(batch=decode_batches())
