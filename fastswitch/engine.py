@@ -11,6 +11,10 @@ allocators, swap manager and reuse bookkeeping and replaces only these:
 
 The engine is thread-safe for one stepping thread plus any number of threads that add or abort
 requests (a server's handlers): every public method holds one lock.
+
+A step's error that belongs to one request (sampling failed for its row: `RequestsFailed`) ends that
+request alone with finish_reason "error" and its message in `RequestOutput.error`, frees its blocks,
+and the step goes on for the others. Any other error propagates from `step()`.
 """
 
 from __future__ import annotations
@@ -39,9 +43,19 @@ HOST_BLOCKS_PER_DEVICE_BLOCK = 4  # EngineConfig: num_cpu_blocks=None gives the 
 GPU_PACK_MIN_RUNS = 3  # a pack kernel launch (~5 us) beats three or more copy calls of 2-7 us each
 
 
+class RequestsFailed(Exception):
+    """Raised by an executor when some requests of a batch could not be sampled: `sampled` holds the
+    other chunks' tokens (None for the failed ones), `errors` each failed request's message."""
+
+    def __init__(self, sampled: list[int | None], errors: dict[str, str]) -> None:
+        super().__init__(f"{len(errors)} requests failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.sampled, self.errors = sampled, errors
+
+
 class Executor(Protocol):
     def execute(self, chunks: list[ScheduledChunk]) -> list[int | None]:
-        """Runs one batch; returns the sampled next token of every chunk with `sample` set, else None."""
+        """Runs one batch; returns the sampled next token of every chunk with `sample` set, else None.
+        May raise RequestsFailed when only some requests failed."""
 
     def now(self) -> float:
         """The clock of the run (seconds)."""
@@ -64,15 +78,38 @@ class ModelExecutor:
 
     def execute(self, chunks: list[ScheduledChunk]) -> list[int | None]:
         logits = self.runner.forward([ForwardChunk(c.token_ids, c.num_cached, c.block_table) for c in chunks])
-        rows = [i for i, c in enumerate(chunks) if c.sample]
         sampled: list[int | None] = [None] * len(chunks)
+        errors: dict[str, str] = {}
+        rows, generators = [], []
+        for i, chunk in enumerate(chunks):
+            if chunk.sample:
+                try:
+                    generators.append(self._generator(chunk.request))
+                except Exception as exc:  # e.g. a seed torch cannot take: this request alone fails
+                    errors[chunk.request.request_id] = _describe(exc)
+                    continue
+                rows.append(i)
         if rows:
-            requests = [chunks[i].request for i in rows]
-            tokens = self.sampler.sample(
-                logits[rows], [r.params for r in requests], [self._generator(r) for r in requests]
-            )
+            params = [chunks[i].request.params for i in rows]
+            saved = {id(g): (g, g.get_state()) for g in generators}
+            try:
+                tokens = self.sampler.sample(logits[rows], params, generators)
+            except Exception:
+                # Find the rows that fail, one at a time, from the generators' states before the batch:
+                # the rows that succeed draw exactly what the batch would have drawn for them.
+                for generator, state in saved.values():
+                    generator.set_state(state)
+                tokens = []
+                for i, p, generator in zip(rows, params, generators):
+                    try:
+                        tokens += self.sampler.sample(logits[i : i + 1], [p], [generator])
+                    except Exception as exc:
+                        errors[chunks[i].request.request_id] = _describe(exc)
+                        tokens.append(None)
             for row, token in zip(rows, tokens):
                 sampled[row] = token
+        if errors:
+            raise RequestsFailed(sampled, errors)
         return sampled
 
     def release(self, request_id: str) -> None:
@@ -84,6 +121,10 @@ class ModelExecutor:
         if request.request_id not in self._generators:
             self._generators[request.request_id] = torch.Generator().manual_seed(request.params.seed)
         return self._generators[request.request_id]
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 class Engine:
@@ -182,6 +223,8 @@ class Engine:
             raise ValueError(f"params={params!r} is not a SamplingParams")
         if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
             raise ValueError(f"priority={priority!r} must be an integer >= 0")
+        if not isinstance(prompt_token_ids, (list, tuple)):
+            raise ValueError(f"prompt_token_ids must be a list of token ids, got {type(prompt_token_ids).__name__}")
         token_ids = list(prompt_token_ids)
         if self.vocab_size is not None:
             bad = [t for t in token_ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab_size]
@@ -249,7 +292,11 @@ class Engine:
                         f"{self.swap_manager.num_free_device_blocks} free device blocks"
                     )
                 return []
-            sampled = self.executor.execute(out.chunks)
+            try:
+                sampled, errors = self.executor.execute(out.chunks), {}
+            except RequestsFailed as failure:
+                sampled, errors = failure.sampled, failure.errors
+            failed = [self._fail(request_id, message) for request_id, message in errors.items()]
             finished = self.scheduler.update(out, sampled, self.executor.now(), swaps_done_at)
             self.num_steps += 1
             self.num_batched_tokens += out.num_batched_tokens
@@ -257,9 +304,11 @@ class Engine:
                 prompt_end = min(chunk.num_cached + len(chunk.token_ids), chunk.request.num_prompt_tokens)
                 self.num_prompt_tokens += max(0, prompt_end - chunk.num_cached)
             self.num_generated_tokens += sum(token is not None for token in sampled)
-            advanced = [self._outputs[c.request.request_id] for c in out.chunks if c.sample]
+            advanced = [self._outputs[c.request.request_id] for c in out.chunks if c.sample and c.request.request_id not in errors]
             for request in finished:
                 self._retire(request)
+            for request in failed:
+                advanced.append(self._retire(request))
             return advanced
 
     def run_until_done(self) -> None:
@@ -290,6 +339,13 @@ class Engine:
         with self._lock:
             self.swap_manager.close()
 
+    def _fail(self, request_id: str, message: str) -> Request:
+        """Ends one request whose step failed (its blocks freed); the step goes on for the others."""
+        request = self.scheduler.abort(request_id, self.executor.now())
+        request.finish_reason = "error"
+        self._outputs[request_id].error = message
+        return request
+
     def _retire(self, request: Request) -> RequestOutput:
         output = self._outputs.pop(request.request_id)
         output.finish_reason = request.finish_reason
@@ -298,7 +354,7 @@ class Engine:
             if request.finish_reason == "stop" and kept:
                 kept = kept[:-1]  # the stop token is not part of the text
             output.text = self.detokenize(kept)
-        if request.finish_reason != "abort":
+        if request.finish_reason not in ("abort", "error"):
             self.run_metrics.add(request.metrics, len(request.output_token_ids))
         self.executor.release(request.request_id)
         return output

@@ -47,8 +47,10 @@ class RequestOutput:
     prompt_token_ids: list[int]
     token_ids: list[int]  # generated tokens, including the stop/EOS token that ended the request
     text: str | None  # generated text without the stop token; None without a tokenizer
-    finish_reason: str | None  # "stop" (EOS or a stop token), "length" (max_tokens), None while running
+    # "stop" (EOS or a stop token), "length" (max_tokens), "abort", "error" (see `error`), None while running
+    finish_reason: str | None
     metrics: RequestMetrics
+    error: str | None = None  # why the engine failed this request (finish_reason "error")
 
     @property
     def finished(self) -> bool:

@@ -1,14 +1,16 @@
-"""EngineThread: one thread steps the engine; asyncio handlers submit requests and await their tokens.
+"""EngineThread: one thread owns the engine; asyncio handlers hand it work and await their tokens.
 
-The engine is synchronous and thread-safe (one lock around every public method). A server needs it
-stepping continuously while handlers come and go, so a daemon thread loops `engine.step()` whenever
-requests are live and sleeps on an event otherwise. After each step it hands every subscribed
-request its new tokens through the request's asyncio queue (`call_soon_threadsafe`: the queue
-belongs to the event loop's thread).
+Handlers never take the engine's lock and never wait for a step: `submit` and `abort` put a command
+in an inbox that the thread drains between steps (a submission's result, or the engine's
+ValueError, comes back through a future), and the thread publishes what handlers read: each
+request's new tokens through its asyncio queue (`call_soon_threadsafe`: the queue belongs to the
+event loop's thread), and a snapshot of the engine's counters (`stats`) at most every
+STATS_PERIOD_S while busy and whenever it goes idle.
 
-Submitting and publishing share one lock, so a request cannot finish between `add_request` and its
-subscription: its first update is never lost. Handlers call `submit`/`abort` through
-`asyncio.to_thread`, because either may wait for a step in progress and must not block the loop.
+A request the engine fails alone (finish_reason "error") gets its error; the others go on. A step
+that raises fails every live request, and the thread steps on with new ones; when steps keep
+failing (MAX_CONSECUTIVE_FAILURES in a row) or the failed requests cannot be aborted, the engine
+cannot go on: `failure` says why, and every later submission is refused.
 """
 
 from __future__ import annotations
@@ -16,16 +18,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Hashable
 
 from fastswitch.engine import Engine
 from fastswitch.models.sampling import SamplingParams
-from fastswitch.outputs import RequestMetrics
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 0.1  # how often an idle loop checks for shutdown
+STATS_PERIOD_S = 0.2  # a busy engine republishes its counters at most this often
+MAX_CONSECUTIVE_FAILURES = 3  # failed steps in a row after which the engine is declared failed
+
+
+class EngineFailed(RuntimeError):
+    """The engine cannot go on; no request is accepted any more."""
 
 
 @dataclass
@@ -33,29 +43,44 @@ class TokenUpdate:
     """What a step produced for one request: its new tokens, and whether it is done."""
 
     new_token_ids: list[int]
-    finish_reason: str | None  # "stop" | "length" | "abort" | None while running
-    error: str | None = None  # the engine failed; the request is gone
+    finish_reason: str | None  # "stop" | "length" | "abort" | "error" | None while running
+    error: str | None = None  # the engine failed this request (and only this one, unless `failure` is set)
 
 
 @dataclass
 class Subscription:
     request_id: str
     num_prompt_tokens: int
-    metrics: RequestMetrics
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue = field(repr=False)
     num_sent: int = 0  # output tokens already handed to the queue
+
+
+@dataclass
+class _Submission:
+    token_ids: list[int]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    priority: int
+    client_id: Hashable
+    future: Future
 
 
 class EngineThread:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.num_aborted = 0  # requests stopped because their client went away (or asked)
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # the last error of a failed step
+        self.failure: str | None = None  # why the engine cannot go on; None while it can
+        self.stats: dict = engine.stats()  # the counters as last published (read without any lock)
         self._subscriptions: dict[str, Subscription] = {}
-        self._lock = threading.Lock()
+        self._inbox: deque = deque()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._consecutive_failures = 0
+        self._published_at = 0.0
+        self._dirty = False
         self._thread = threading.Thread(target=self._run, name="fastswitch-engine", daemon=True)
 
     def start(self) -> None:
@@ -67,15 +92,11 @@ class EngineThread:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join()
-        with self._lock:
-            for request_id in list(self._subscriptions):
-                self._abort_locked(request_id)
-        self.engine.close()
 
     @property
     def num_live(self) -> int:
-        with self._lock:
-            return len(self._subscriptions)
+        """Requests submitted and not yet finished (read without a lock: one dict's length)."""
+        return len(self._subscriptions)
 
     def submit(
         self,
@@ -85,61 +106,128 @@ class EngineThread:
         queue: asyncio.Queue,
         priority: int = 0,
         client_id: Hashable = "anonymous",
-    ) -> Subscription:
-        """Queues a request whose updates go to `queue` on `loop`. ValueError (from the engine) for bad input."""
-        if self._stopping.is_set():
-            raise RuntimeError("the engine thread is shutting down")
-        with self._lock:
-            output = self.engine.add_request(token_ids, params, priority=priority, client_id=client_id)
-            subscription = Subscription(output.request_id, len(token_ids), output.metrics, loop, queue)
-            self._subscriptions[output.request_id] = subscription
+    ) -> Future:
+        """Queues a request whose updates go to `queue` on `loop`, without waiting for the engine.
+
+        The future resolves to its Subscription, or fails with the engine's ValueError (bad input)
+        or EngineFailed."""
+        future: Future = Future()
+        if self.failure is not None:
+            future.set_exception(EngineFailed(self.failure))
+        elif self._stopping.is_set():
+            future.set_exception(EngineFailed("the server is shutting down"))
+        else:
+            self._inbox.append(_Submission(token_ids, params, loop, queue, priority, client_id, future))
+            self._wake.set()
+        return future
+
+    def abort(self, request_id: str) -> None:
+        """Asks the engine thread to stop a request and free its KV blocks (a no-op once it finished)."""
+        self._inbox.append(request_id)
         self._wake.set()
-        return subscription
 
-    def abort(self, request_id: str) -> bool:
-        """Stops a request and frees its KV blocks; False when it had already finished."""
-        with self._lock:
-            return self._abort_locked(request_id)
-
-    def _abort_locked(self, request_id: str) -> bool:
-        self._subscriptions.pop(request_id, None)
-        if self.engine.abort(request_id) is None:
-            return False
-        self.num_aborted += 1
-        return True
+    # ---- the engine's thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
-            if not self.engine.has_unfinished():
-                self._wake.wait(IDLE_POLL_S)
-                self._wake.clear()
+        while True:
+            self._drain_inbox()
+            if self._stopping.is_set():
+                break
+            if self.failure is None and self.engine.has_unfinished():
+                self._step()
                 continue
-            with self._lock:
-                try:
-                    advanced = self.engine.step()
-                except Exception as exc:  # a broken step must not hang every client: fail them all
-                    log.exception("engine step failed")
-                    self._fail_all(f"{type(exc).__name__}: {exc}")
-                    continue
-                for output in advanced:
-                    subscription = self._subscriptions.get(output.request_id)
-                    if subscription is None:
-                        continue
-                    new = output.token_ids[subscription.num_sent :]
-                    subscription.num_sent += len(new)
-                    if output.finished:
-                        del self._subscriptions[output.request_id]
-                    self._publish(subscription, TokenUpdate(list(new), output.finish_reason))
+            if self._dirty:
+                self._publish_stats()
+            self._wake.wait(IDLE_POLL_S)
+            self._wake.clear()
+        for request_id in list(self._subscriptions):
+            self._abort(request_id)
+        self._publish_stats()
+        self.engine.close()
 
-    def _fail_all(self, message: str) -> None:
-        self.last_error = message
+    def _drain_inbox(self) -> None:
+        while self._inbox:
+            item = self._inbox.popleft()
+            self._dirty = True
+            if isinstance(item, str):
+                self._abort(item)
+            elif self.failure is not None:
+                if item.future.set_running_or_notify_cancel():
+                    item.future.set_exception(EngineFailed(self.failure))
+            else:
+                self._add(item)
+
+    def _add(self, item: _Submission) -> None:
+        if not item.future.set_running_or_notify_cancel():
+            return  # the handler gave up before the engine thread got to it
+        try:
+            output = self.engine.add_request(item.token_ids, item.params, priority=item.priority,
+                                             client_id=item.client_id)  # fmt: skip
+        except Exception as exc:  # ValueError for bad input; anything else is reported the same way
+            item.future.set_exception(exc)
+            return
+        subscription = Subscription(output.request_id, len(item.token_ids), item.loop, item.queue)
+        self._subscriptions[output.request_id] = subscription
+        item.future.set_result(subscription)
+
+    def _abort(self, request_id: str, asked: bool = True) -> None:
+        """asked: a client or handler asked for it (counted in num_aborted), not a failed step."""
+        self._subscriptions.pop(request_id, None)
+        try:
+            aborted = self.engine.abort(request_id) is not None
+        except Exception as exc:
+            self._fail_engine(f"aborting request {request_id} failed: {type(exc).__name__}: {exc}")
+            return
+        self.num_aborted += aborted and asked
+
+    def _step(self) -> None:
+        try:
+            advanced = self.engine.step()
+        except Exception as exc:  # a broken step must not hang every client: fail its requests
+            log.exception("engine step failed")
+            self._consecutive_failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._fail_requests(self.last_error)
+            if self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                self._fail_engine(f"{self._consecutive_failures} engine steps failed in a row; last: {self.last_error}")
+            self._publish_stats()
+            return
+        self._consecutive_failures = 0
+        self._dirty = True
+        for output in advanced:
+            subscription = self._subscriptions.get(output.request_id)
+            if subscription is None:
+                continue
+            new = output.token_ids[subscription.num_sent :]
+            subscription.num_sent += len(new)
+            if output.finished:
+                del self._subscriptions[output.request_id]
+            self._publish(subscription, TokenUpdate(list(new), output.finish_reason, output.error))
+        if time.monotonic() - self._published_at >= STATS_PERIOD_S:
+            self._publish_stats()
+
+    def _fail_requests(self, message: str) -> None:
+        """Every live request gets the error; their blocks are freed."""
         for request_id, subscription in list(self._subscriptions.items()):
-            try:
-                self.engine.abort(request_id)
-            except Exception:  # the engine is already broken; the client still gets its error
-                log.exception("abort after a failed step")
-            self._publish(subscription, TokenUpdate([], "abort", error=message))
+            self._publish(subscription, TokenUpdate([], "error", error=message))
+            self._abort(request_id, asked=False)
+
+    def _fail_engine(self, message: str) -> None:
+        if self.failure is not None:
+            return
+        log.error("the engine cannot go on: %s", message)
+        self.failure = message
+        for subscription in list(self._subscriptions.values()):
+            self._publish(subscription, TokenUpdate([], "error", error=message))
         self._subscriptions.clear()
+
+    def _publish_stats(self) -> None:
+        try:
+            self.stats = self.engine.stats()
+        except Exception:  # the counters stay as last published; the failure shows elsewhere
+            log.exception("engine stats failed")
+        self._published_at = time.monotonic()
+        self._dirty = False
 
     @staticmethod
     def _publish(subscription: Subscription, update: TokenUpdate) -> None:

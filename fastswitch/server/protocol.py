@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 DEFAULT_CHAT_MAX_TOKENS = 256  # OpenAI runs to the context's end; on a CPU that is minutes, so cap it
@@ -28,6 +28,46 @@ class OpenAIError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error body: every 4xx and 5xx answer of this server has this shape."""
+
+    error: ErrorDetail
+
+
+class LoneSurrogate(ValueError):
+    """A request string holds a lone UTF-16 surrogate; `param` is the top-level field that holds it."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path} holds a lone UTF-16 surrogate, which is not valid Unicode text")
+        self.param = path.split(".", 1)[0]
+
+
+def lone_surrogate_path(value, path: str = "") -> str | None:
+    """Where in a parsed JSON value a string holds a lone UTF-16 surrogate (JSON's "\\ud800" escapes
+    decode to one), which no UTF-8 text can hold; None when there is none."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and lone_surrogate_path(key) is not None:
+            return f"{path}.<key>" if path else "<key>"
+        found = lone_surrogate_path(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 class StreamOptions(BaseModel):
@@ -57,6 +97,14 @@ class SamplingFields(BaseModel):
     top_k: int = 0
     ignore_eos: bool = False
     stop_token_ids: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data):
+        where = lone_surrogate_path(data)
+        if where is not None:
+            raise LoneSurrogate(where)
+        return data
 
     def check_supported(self) -> None:
         if self.n != 1:

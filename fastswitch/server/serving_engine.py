@@ -30,7 +30,7 @@ class ServingEngine:
     engine: Engine
     tokenizer: object  # a transformers tokenizer
     model_name: str
-    max_model_len: int
+    max_model_len: int  # the longest sequence served: the model's (or the configured) limit, cut to the KV cache
 
     @classmethod
     def load(
@@ -65,6 +65,8 @@ class ServingEngine:
         )
         if config.num_gpu_blocks is None and device.type == "cpu":
             num_gpu_blocks = max(1, min(num_gpu_blocks, DEFAULT_CPU_KV_BYTES // spec.block_bytes(config.block_size)))
+        # What the cache cannot hold is not served: one sequence may use every device block, no more.
+        max_model_len = min(max_model_len, num_gpu_blocks * config.block_size)
         tokenizer = loaded.tokenizer
         engine = Engine.for_model(
             loaded.model, config, max_model_len, num_gpu_blocks, eos_token_ids=loaded.eos_token_ids,
