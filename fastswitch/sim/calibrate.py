@@ -124,7 +124,7 @@ def fit_profile(
     decodes: Sequence[StepMeasurement],
     prefills: Sequence[StepMeasurement],
     base: HardwareProfile | None = None,
-    memory_gb: float = 1.0,
+    memory_gib: float = 1.0,
 ) -> HardwareProfile:
     """The profile that best explains the measurements (see the module docstring)."""
     links = {}
@@ -162,9 +162,9 @@ def fit_profile(
         peak_tflops, peak_gbs = base.peak_tflops, base.memory_bandwidth_gbs
         mfu = min(1.0, flops / (peak_tflops * 1e12))
         efficiency = min(1.0, bandwidth / (peak_gbs * GB))
-        memory_gb = base.memory_gb
+        memory_gib = base.memory_gib
     return HardwareProfile(
-        name, peak_tflops, peak_gbs, memory_gb, links["h2d"], links["d2h"],
+        name, peak_tflops, peak_gbs, memory_gib, links["h2d"], links["d2h"],
         copy_call_latency_us=statistics.fmean(latencies) * 1e6, mfu=mfu, bandwidth_efficiency=efficiency,
         step_overhead_us=overhead * 1e6,
     )  # fmt: skip

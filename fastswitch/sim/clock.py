@@ -5,8 +5,10 @@ simulated run is a pure function of its inputs (identical seeds give identical m
 
 A GPU has a copy (DMA) engine per direction and PCIe is full duplex, so a swap-in (host to device)
 and a swap-out (device to host) proceed side by side, while copies of one direction run one after
-another in submission order. Copies use no SMs, so they overlap the forward pass for free; only the
-engine's choice to wait for them (synchronous swapping) puts them on the critical path.
+another in submission order. Copies use no SMs, so they overlap the forward pass; only the engine's
+choice to wait for them (synchronous swapping) puts them on the critical path, and the host: a copy
+thread issuing calls beside the stepping thread slows it by a share of its issue time (Python's GIL),
+which `HostContention` holds until the executor charges it.
 """
 
 from __future__ import annotations
@@ -87,3 +89,29 @@ class CopyQueues:
     def idle_at(self) -> float:
         """When every queued copy, both directions, has finished."""
         return max(self.busy_until.values())
+
+
+class HostContention:
+    """Host time the stepping thread owes to copy threads that ran beside it (the GIL), per copy.
+
+    A copy that the stepping thread then waits for owes nothing (the thread was idle meanwhile):
+    `forgive` drops its share. `take` hands the executor everything still owed and clears it."""
+
+    def __init__(self) -> None:
+        self._owed: dict[int, float] = {}
+        self.total_charged = 0.0
+
+    def add(self, key: int, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError(f"seconds={seconds} must be >= 0")
+        if seconds > 0:
+            self._owed[key] = self._owed.get(key, 0.0) + seconds
+
+    def forgive(self, key: int) -> None:
+        self._owed.pop(key, None)
+
+    def take(self) -> float:
+        owed = sum(self._owed.values())
+        self._owed.clear()
+        self.total_charged += owed
+        return owed

@@ -14,7 +14,14 @@ Pricing the two parts apart, rather than one roofline over the sum, matters for 
 attention stays memory-bound even when a long prefill makes the matmuls compute-bound.
 
 A copy costs a fixed latency per copy call plus bytes over the link rate of its direction, so one
-copy of a whole block group is far cheaper than one copy per block per layer per K/V of equal bytes.
+copy of a whole block group is far cheaper than one copy per block per layer per K/V of equal bytes;
+the host CPU time to issue each call (`copy_call_cpu_us`) comes on top, as the calls are issued one
+after another by the thread that copies.
+
+A profile with `linear_step_us` (a calibrated CPU) prices a step by that measured line instead of the
+rooflines: fixed + per token x tokens + per sequence x sequences + per 1,000 attended pairs x pairs.
+The host's own time per step (scheduler and bookkeeping, `scheduler_step_us` + `scheduler_seq_us` per
+sequence) is priced apart, by `host_step_time`.
 """
 
 from __future__ import annotations
@@ -24,6 +31,11 @@ from dataclasses import dataclass
 
 from fastswitch.sim.hardware import US, HardwareProfile
 from fastswitch.sim.model_shapes import ModelShape
+
+
+def attended_pairs(new: int, cached: int) -> float:
+    """(query, key) pairs of a chunk: new token i attends to the cached tokens and to new tokens 0..i."""
+    return new * cached + new * (new + 1) / 2
 
 
 @dataclass(frozen=True)
@@ -72,8 +84,8 @@ class CostModel:
         byte_time = matmul_bytes / hw.effective_bandwidth
         matmul_time = max(flop_time, byte_time)
 
-        attended_pairs = sum(new * cached + new * (new + 1) / 2 for new, cached in batch)
-        attention_flops = 4.0 * m.num_layers * m.num_heads * m.head_dim * attended_pairs
+        pairs = sum(attended_pairs(new, cached) for new, cached in batch)
+        attention_flops = 4.0 * m.num_layers * m.num_heads * m.head_dim * pairs
         touched_positions = sum(cached + 2 * new for new, cached in batch)  # read cached + new, write new
         attention_bytes = float(m.kv_bytes_per_token * touched_positions)
         attention_time = max(attention_flops / hw.effective_flops, attention_bytes / hw.effective_bandwidth)
@@ -93,7 +105,20 @@ class CostModel:
 
     def forward_time(self, batch: Sequence[tuple[int, int]]) -> float:
         """Seconds of one forward step over batch = [(new tokens, cached tokens), ...]."""
-        return self.step_cost(batch).total_time
+        if self.hardware.linear_step_us is None or not batch:
+            return self.step_cost(batch).total_time
+        fixed, per_token, per_seq, per_kilo_pair = self.hardware.linear_step_us
+        tokens = sum(new for new, _ in batch)
+        pairs = sum(attended_pairs(new, cached) for new, cached in batch)
+        return (fixed + per_token * tokens + per_seq * len(batch) + per_kilo_pair * pairs / 1000.0) * US
+
+    def host_step_time(self, num_seqs: int) -> float:
+        """Seconds the host spends on one step outside the forward (schedule, update) for num_seqs sequences."""
+        return (self.hardware.scheduler_step_us + self.hardware.scheduler_seq_us * num_seqs) * US
+
+    def copy_issue_time(self, num_calls: int) -> float:
+        """Host CPU seconds to issue num_calls copy calls."""
+        return num_calls * self.hardware.copy_call_cpu_us * US
 
     def copy_time(self, num_bytes: int, num_calls: int, direction: str) -> float:
         """Seconds to move num_bytes in num_calls copy calls, "h2d" (swap-in) or "d2h" (swap-out)."""
@@ -102,4 +127,5 @@ class CostModel:
         if num_bytes > 0 and num_calls == 0:
             raise ValueError(f"num_bytes={num_bytes} cannot move in num_calls=0 copy calls")
         bandwidth = self.hardware.link_bandwidth(direction)
-        return num_calls * self.hardware.copy_call_latency_us * US + num_bytes / bandwidth
+        link_time = num_calls * self.hardware.copy_call_latency_us * US + num_bytes / bandwidth
+        return self.copy_issue_time(num_calls) + link_time

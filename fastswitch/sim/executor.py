@@ -6,32 +6,44 @@ model runs and each sampled position gets `token_id` (requests of a simulated wo
 stop at max_tokens, so the token's value never matters). With a backing executor (the real
 `ModelExecutor`), the model really runs and samples, but time still comes from the cost model: a
 real run on virtual time, which must make exactly the decisions of the simulated run.
+
+Host time is charged before the forward: the scheduler's time for the step (`CostModel.host_step_time`)
+and whatever the stepping thread owes to copy threads that ran beside it (`HostContention`).
 """
 
 from __future__ import annotations
 
 from fastswitch.sched.request import ScheduledChunk
-from fastswitch.sim.clock import VirtualClock
+from fastswitch.sim.clock import HostContention, VirtualClock
 from fastswitch.sim.cost_model import CostModel
 
 SIMULATED_TOKEN_ID = 0
 
 
 class VirtualExecutor:
-    def __init__(self, cost_model: CostModel, clock: VirtualClock, backing=None, token_id: int = SIMULATED_TOKEN_ID) -> None:
+    def __init__(self, cost_model: CostModel, clock: VirtualClock, backing=None, token_id: int = SIMULATED_TOKEN_ID,
+                 contention: HostContention | None = None) -> None:  # fmt: skip
         """backing: an engine Executor (e.g. fastswitch.engine.ModelExecutor) that really runs the
-        batch; its tokens are returned and its own clock is ignored."""
+        batch; its tokens are returned and its own clock is ignored. contention: the copy engine's
+        account of host time owed by the stepping thread (None: nothing owed)."""
         self.cost_model = cost_model
         self.clock = clock
         self.backing = backing
         self.token_id = token_id
+        self.contention = contention
         self.busy_time = 0.0  # virtual seconds spent in forward passes
+        self.host_time = 0.0  # virtual seconds of host work charged before them (scheduler, contention)
         self.num_forwards = 0
 
     def now(self) -> float:
         return self.clock.now
 
     def execute(self, chunks: list[ScheduledChunk]) -> list[int | None]:
+        host = self.cost_model.host_step_time(len(chunks))
+        if self.contention is not None:
+            host += self.contention.take()
+        self.clock.advance(host)
+        self.host_time += host
         duration = self.cost_model.forward_time([(len(c.token_ids), c.num_cached) for c in chunks])
         if self.backing is not None:
             sampled = self.backing.execute(chunks)

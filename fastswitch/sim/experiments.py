@@ -11,8 +11,10 @@ about 1,860 generated tokens/s, several times what the simulated A10 serves with
 ~34k-token KV pool holds only ~15 multi-turn contexts), so every queue would grow without bound.
 
 Sizing follows vLLM 0.3.3, the paper's baseline: the device KV pool is what remains of
-`gpu_memory_utilization` (0.9) of device memory after the weights and an activation reserve, and the
-host pool is the paper's 60 GB of swap space per GPU.
+`gpu_memory_utilization` (0.9) of the device memory the driver reports (binary GiB, see
+fastswitch/sim/hardware.py) after the weights and the peak activations of a profiling forward at
+vLLM 0.3.3's token budget (max(max_model_len, 2048) tokens over max_num_seqs sequences); the host
+pool is the paper's 60 GB of swap space per GPU (vLLM's `swap_space` is in GiB: 60 GiB).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from fastswitch.config import PRESETS, EngineConfig
-from fastswitch.sim.hardware import GB, HardwareProfile, get_profile
+from fastswitch.sim.hardware import GIB, HardwareProfile, get_profile
 from fastswitch.sim.model_shapes import ModelShape, get_model_shape
 from fastswitch.workloads import MULTI_ROUND_SHAREGPT_MEAN_TURNS
 
@@ -29,9 +31,8 @@ MECHANISMS = ("block_groups", "async_swap", "kv_reuse")
 # The paper's ablation adds one mechanism at a time to the vLLM baseline.
 ABLATION_PRESETS = ("vllm", "vllm+block_groups", "vllm+block_groups+async_swap", "fastswitch")
 
-# Activation workspace kept free beside weights and KV (vLLM measures it with a profiling forward;
-# 1 GB is a typical figure for an 8B-30B model at a 2,048-token step, and an assumption here).
-ACTIVATION_RESERVE_GB = 1.0
+# vLLM 0.3.3's prefill token budget when none is given: max(max_model_len, 2048) (its SchedulerConfig).
+VLLM_MIN_BATCHED_TOKENS = 2048
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Experiment:
     rate: float = 1.0  # requests (turns) per second; conversations start at rate / mean turns
     seeds: tuple[int, ...] = (0,)
     rates: tuple[float, ...] = ()  # a sweep over request rates when not empty
-    host_swap_gb: float = 60.0
+    host_swap_gib: float = 60.0
     gpu_memory_utilization: float = 0.9
     engine: dict = field(default_factory=dict)  # EngineConfig overrides shared by every preset
     workload: dict = field(default_factory=dict)  # synthetic_sharegpt overrides
@@ -71,15 +72,19 @@ class Experiment:
         """(device blocks, host blocks) for this model on this hardware."""
         shape, hw = self.model_shape(), self.hardware_profile()
         block_bytes = shape.kv_block_bytes(block_size)
-        free = hw.memory_gb * GB * self.gpu_memory_utilization - shape.num_params * shape.dtype_bytes
-        free -= ACTIVATION_RESERVE_GB * GB
+        max_model_len = self.engine.get("max_model_len", 8192)
+        activations = shape.profile_activation_bytes(max(max_model_len, VLLM_MIN_BATCHED_TOKENS),
+                                                     self.engine.get("max_num_seqs", 256))  # fmt: skip
+        weights = shape.num_params * shape.dtype_bytes
+        free = hw.memory_bytes * self.gpu_memory_utilization - weights - activations
         device_blocks = int(free // block_bytes)
         if device_blocks < 1:
             raise ValueError(
-                f"model {shape.name} ({shape.num_params * shape.dtype_bytes / GB:.1f} GB of weights) leaves no "
-                f"room for KV on {hw.name} ({hw.memory_gb} GB at gpu_memory_utilization={self.gpu_memory_utilization})"
+                f"model {shape.name} ({weights / GIB:.1f} GiB of weights, {activations / GIB:.2f} GiB of "
+                f"activations) leaves no room for KV on {hw.name} ({hw.memory_gib:.2f} GiB at "
+                f"gpu_memory_utilization={self.gpu_memory_utilization})"
             )
-        return device_blocks, int(self.host_swap_gb * GB // block_bytes)
+        return device_blocks, int(self.host_swap_gib * GIB // block_bytes)
 
     def engine_config(self, preset: str, seed: int) -> EngineConfig:
         """The EngineConfig of one preset (or ablation step) of this experiment."""
@@ -97,7 +102,7 @@ class Experiment:
         return EngineConfig.from_preset(base, **overrides)
 
 
-# The paper's settings (DESIGN.md, REFERENCES.md): priority scheduling with priorities re-drawn at an
+# The paper's settings (arXiv 2411.18424, evaluation section): priority scheduling with priorities re-drawn at an
 # update frequency of 0.04 (Llama-8B) or 0.02 (Qwen-32B), Multi-Round ShareGPT at 1 req/s, 60 GB swap.
 _PAPER_ENGINE = {"policy": "priority", "priority_pattern": "random", "max_num_seqs": 256, "max_model_len": 8192}
 

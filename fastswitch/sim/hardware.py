@@ -1,7 +1,9 @@
 """Hardware profiles: what the cost model needs to know about a GPU and its host link.
 
-Every published figure carries its source (see /work/shared/REFERENCES.md for the full list). Peak
-throughput is dense BF16/FP16 tensor-core throughput (no sparsity). The efficiency factors are not
+Every published figure carries its source beside it. Peak throughput is dense BF16/FP16 tensor-core
+throughput (no sparsity); rates are decimal (GB/s = 1e9 B/s, as vendors quote them), while device
+memory is binary (GiB = 2**30 B), as the driver reports it and as vLLM's `gpu_memory_utilization`
+multiplies it (`torch.cuda.mem_get_info` total). The efficiency factors are not
 properties of the chip but of software running on it; their defaults are the middles of the ranges
 that LLM-serving simulators use (inference-sim's hardware guide: effective memory bandwidth 0.6-0.8 of
 peak, prefill MFU 0.5-0.7, ~50-60 us per-step overhead). A calibrated profile measured on a real GPU
@@ -16,16 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 GB = 1e9  # decimal, as vendors quote bandwidth
+GIB = 2**30  # binary, as device memory is reported
+MIB = 2**20
 US = 1e-6
 
-# Pinned host<->device copy rates per direction: about 25 GB/s on PCIe 4.0 x16 and 35-55 GB/s on
-# PCIe 5.0 x16 (REFERENCES.md, "Hardware"); we take 25 and the middle of the PCIe 5.0 range, 45.
+# Pinned host<->device copy rates per direction. PCIe 4.0 x16 signals 16 GT/s x 16 lanes with 128b/130b
+# coding, 31.5 GB/s raw per direction (PCI-SIG PCIe 4.0 specification); pinned cudaMemcpy reaches about
+# 25 GB/s of it (NVIDIA's bandwidthTest sample on A100/A10 servers). PCIe 5.0 doubles the raw rate
+# (63 GB/s) and measured pinned copies reach 35-55 GB/s; we take 25 and 45, the middle of that range.
 PCIE4_X16_GBS = 25.0
 PCIE5_X16_GBS = 45.0
 
-# Per-call cost of one cudaMemcpyAsync: 2-7 us reported. Fitted to the V100 PCIe 3.0 pinned figures of
-# REFERENCES.md (4 KB at 1.4 GB/s, 16 KB at 4.0, 32 KB at 5.9, 100 KB at 9.2, >= 2 MB at ~12.25): size /
-# measured rate - size / 12.25 GB/s gives 2.6, 2.8, 2.9 and 2.8 us, so 2.8 us per call.
+# Per-call cost of one cudaMemcpyAsync: 2-7 us reported. Fitted to published pinned-memory rates of a
+# V100 on PCIe 3.0 (4 KB at 1.4 GB/s, 16 KB at 4.0, 32 KB at 5.9, 100 KB at 9.2, >= 2 MB at ~12.25,
+# from NVIDIA's bandwidthTest in shmoo mode): size / measured rate - size / 12.25 GB/s gives 2.6, 2.8,
+# 2.9 and 2.8 us, so 2.8 us per call.
 COPY_CALL_LATENCY_US = 2.8
 
 DEFAULT_MFU = 0.6  # middle of 0.5-0.7 (inference-sim hardware guide)
@@ -38,25 +45,49 @@ class HardwareProfile:
     name: str
     peak_tflops: float  # dense BF16/FP16 tensor throughput, 1e12 FLOP/s
     memory_bandwidth_gbs: float  # device memory (HBM/GDDR) bandwidth, GB/s
-    memory_gb: float  # device memory capacity, GB
+    memory_gib: float  # device memory the driver reports as total, GiB (what gpu_memory_utilization scales)
     h2d_gbs: float  # pinned host -> device copy rate, GB/s
     d2h_gbs: float  # pinned device -> host copy rate, GB/s
-    copy_call_latency_us: float = COPY_CALL_LATENCY_US
+    copy_call_latency_us: float = COPY_CALL_LATENCY_US  # link time per copy call (DMA set-up)
     mfu: float = DEFAULT_MFU  # fraction of peak FLOPs that matmuls reach
     bandwidth_efficiency: float = DEFAULT_BANDWIDTH_EFFICIENCY  # fraction of peak memory bandwidth reached
     step_overhead_us: float = DEFAULT_STEP_OVERHEAD_US  # fixed cost of one forward step (launches, sync)
+    # Host-side costs (measured by fastswitch.sim.calibrate on the machine that serves; 0 in the built-in
+    # GPU profiles, whose 2.8 us per copy call already holds a cudaMemcpyAsync's CPU cost):
+    copy_call_cpu_us: float = 0.0  # CPU time the issuing thread spends per copy call (Python + dispatch)
+    copy_thread_contention: float = 0.0  # share of the copy thread's issue time the stepping thread loses (GIL)
+    scheduler_step_us: float = 0.0  # host time per engine step outside the forward (schedule, update)
+    scheduler_seq_us: float = 0.0  # ... and per sequence of the step's batch
+    # A measured linear forward-time model that replaces the roofline when set (a CPU, where neither
+    # roofline holds): microseconds = fixed + per new token x tokens + per sequence x sequences + per
+    # 1,000 attended (query, key) pairs x pairs / 1,000. Fitted by fastswitch.sim.calibrate.
+    linear_step_us: tuple[float, float, float, float] | None = None
 
     def __post_init__(self) -> None:
-        positive = ("peak_tflops", "memory_bandwidth_gbs", "memory_gb", "h2d_gbs", "d2h_gbs")
+        positive = ("peak_tflops", "memory_bandwidth_gbs", "memory_gib", "h2d_gbs", "d2h_gbs")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be > 0 (profile {self.name!r})")
         for name in ("mfu", "bandwidth_efficiency"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must lie in (0, 1] (profile {self.name!r})")
-        for name in ("copy_call_latency_us", "step_overhead_us"):
+        for name in ("copy_call_latency_us", "step_overhead_us", "copy_call_cpu_us", "scheduler_step_us",
+                     "scheduler_seq_us"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0 (profile {self.name!r})")
+        if not 0 <= self.copy_thread_contention <= 1:
+            raise ValueError(f"copy_thread_contention={self.copy_thread_contention!r} must lie in [0, 1] "
+                             f"(profile {self.name!r})")  # fmt: skip
+        if self.linear_step_us is not None:
+            coefficients = tuple(float(c) for c in self.linear_step_us)
+            if len(coefficients) != 4 or min(coefficients) < 0:
+                raise ValueError(f"linear_step_us={self.linear_step_us!r} must be 4 coefficients >= 0 "
+                                 f"(profile {self.name!r})")  # fmt: skip
+            object.__setattr__(self, "linear_step_us", coefficients)  # a JSON list becomes the tuple
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory_gib * GIB)
 
     @property
     def effective_flops(self) -> float:
@@ -92,9 +123,14 @@ class HardwareProfile:
         return cls(**data)
 
 
+# Usable capacity (memory_gib) is what the driver reports as total memory (nvidia-smi, and the total of
+# torch.cuda.mem_get_info that vLLM multiplies by gpu_memory_utilization): an A10 "24 GB" card exposes
+# 23,028 MiB (ECC and the driver's reservation take the rest); the A100 80 GB and H100 80 GB carry
+# 80 GiB of HBM, of which we take all 80 GiB (the driver's reservation there is under 1%).
+A10_MEMORY_GIB = 23028 * MIB / GIB
 PROFILES: dict[str, HardwareProfile] = {
     # NVIDIA A10 datasheet: 125 TFLOPS BF16 dense, 24 GB GDDR6 at 600 GB/s, PCIe 4.0 x16.
-    "a10": HardwareProfile("a10", 125.0, 600.0, 24.0, PCIE4_X16_GBS, PCIE4_X16_GBS),
+    "a10": HardwareProfile("a10", 125.0, 600.0, A10_MEMORY_GIB, PCIE4_X16_GBS, PCIE4_X16_GBS),
     # NVIDIA A100 datasheet: 312 TFLOPS BF16 dense; 80 GB PCIe card at 1,935 GB/s, PCIe 4.0 x16.
     "a100-80gb-pcie": HardwareProfile("a100-80gb-pcie", 312.0, 1935.0, 80.0, PCIE4_X16_GBS, PCIE4_X16_GBS),
     # NVIDIA A100 datasheet: 80 GB SXM module at 2,039 GB/s; its host link is still PCIe 4.0 x16.

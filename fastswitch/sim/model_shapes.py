@@ -1,6 +1,7 @@
 """Model shapes: the sizes of a Llama-family decoder that its FLOPs and bytes follow from.
 
-Built-in shapes come from the models' published config.json files (REFERENCES.md, "Model shapes");
+Built-in shapes come from the models' published config.json files on the Hugging Face hub
+(meta-llama/Meta-Llama-3-8B, Qwen/Qwen2.5-32B-Instruct, HuggingFaceTB/SmolLM2-135M-Instruct);
 any Hugging Face config (LlamaConfig, Qwen2Config, any PretrainedConfig with the usual field names)
 converts with `ModelShape.from_hf_config`.
 """
@@ -86,6 +87,14 @@ class ModelShape:
         per_layer = (h + self.q_size + 2 * self.kv_size) + (self.q_size + h) + (h + 2 * i) + (i + h)
         return (self.num_layers * per_layer + h) * self.dtype_bytes
 
+    def profile_activation_bytes(self, num_tokens: int, num_seqs: int) -> int:
+        """Peak activation memory of a profiling forward over num_tokens tokens in num_seqs sequences,
+        as vLLM 0.3.3 runs one before sizing its KV pool: the MLP's gate/up output and their product
+        (3 x intermediate per token), four hidden-size buffers per token (residual, normed input,
+        attention output, MLP output), and float32 logits of each sequence's last token."""
+        per_token = (3 * self.intermediate_size + 4 * self.hidden_size) * self.dtype_bytes
+        return num_tokens * per_token + num_seqs * self.vocab_size * 4
+
     def kv_block_bytes(self, block_size: int) -> int:
         return self.kv_bytes_per_token * block_size
 
@@ -118,7 +127,7 @@ class ModelShape:
         )
 
 
-# Published config.json values (REFERENCES.md, "Model shapes").
+# Published config.json values (the hub repositories named in the module docstring).
 MODEL_SHAPES: dict[str, ModelShape] = {
     "llama-3-8b": ModelShape("llama-3-8b", 32, 4096, 32, 8, 128, 14336, 128256),
     "qwen2.5-32b": ModelShape("qwen2.5-32b", 64, 5120, 40, 8, 128, 27648, 152064, attention_bias=True),

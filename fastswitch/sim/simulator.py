@@ -20,7 +20,7 @@ from fastswitch.config import EngineConfig
 from fastswitch.engine import HOST_BLOCKS_PER_DEVICE_BLOCK, Engine, ModelExecutor
 from fastswitch.models.runner import ModelRunner
 from fastswitch.models.sampling import Sampler
-from fastswitch.sim.clock import CopyQueues, VirtualClock
+from fastswitch.sim.clock import CopyQueues, HostContention, VirtualClock
 from fastswitch.sim.copy_engine import VirtualCopyEngine
 from fastswitch.sim.cost_model import CostModel
 from fastswitch.sim.executor import VirtualExecutor
@@ -54,8 +54,9 @@ def build_simulated_engine(
     clock = VirtualClock()
     cost_model = CostModel(model, hardware)
     queues = CopyQueues(cost_model)
-    executor = VirtualExecutor(cost_model, clock)
-    copy_engine = VirtualCopyEngine(queues, clock)
+    contention = HostContention()
+    executor = VirtualExecutor(cost_model, clock, contention=contention)
+    copy_engine = VirtualCopyEngine(queues, clock, contention=contention)
     engine = Engine(
         config, executor, copy_engine,
         num_gpu_blocks=config.num_gpu_blocks,
@@ -87,10 +88,12 @@ def build_real_engine_on_virtual_time(
     host_cache = KVCache.host_pool_for(device_cache, num_cpu_blocks)
     clock = VirtualClock()
     queues = CopyQueues(cost_model)
+    contention = HostContention()
     real = ModelExecutor(ModelRunner(model, device_cache, backend=config.attention_backend), Sampler(), config.seed)
-    executor = VirtualExecutor(cost_model, clock, backing=real)
+    executor = VirtualExecutor(cost_model, clock, backing=real, contention=contention)
     # The real copies run synchronously at submit; completion is still reported on the virtual clock.
-    copy_engine = VirtualCopyEngine(queues, clock, backing=TorchCopyEngine(device_cache, host_cache))
+    copy_engine = VirtualCopyEngine(queues, clock, backing=TorchCopyEngine(device_cache, host_cache),
+                                    contention=contention)  # fmt: skip
     engine = Engine(
         config, executor, copy_engine,
         num_gpu_blocks=config.num_gpu_blocks, num_cpu_blocks=num_cpu_blocks, num_layers=model.num_layers,
@@ -125,6 +128,7 @@ def simulate(
         **stats,
         "simulated_time_s": sim.clock.now,
         "executor_busy_s": sim.executor.busy_time,
+        "host_time_s": sim.executor.host_time,
         "num_forwards": sim.executor.num_forwards,
         "link_busy_s": {d: s.busy_time for d, s in sim.copies.stats.items()},
         "wall_time_s": time.perf_counter() - started,

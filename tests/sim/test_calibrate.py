@@ -21,7 +21,7 @@ from fastswitch.sim.model_shapes import ModelShape, get_model_shape
 SHAPE = get_model_shape("smollm2-135m")
 # Ridge point 5e12 / 5e10 = 100 FLOP/B: decodes of up to 32 sequences are memory-bound and 256+ token
 # prefills compute-bound, in matmuls and attention alike, so the fit can recover every figure exactly.
-TRUE = HardwareProfile("true", peak_tflops=10.0, memory_bandwidth_gbs=100.0, memory_gb=16.0, h2d_gbs=12.0,
+TRUE = HardwareProfile("true", peak_tflops=10.0, memory_bandwidth_gbs=100.0, memory_gib=16.0, h2d_gbs=12.0,
                        d2h_gbs=10.0, copy_call_latency_us=4.0, mfu=0.5, bandwidth_efficiency=0.5,
                        step_overhead_us=80.0)  # fmt: skip
 

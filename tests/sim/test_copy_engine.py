@@ -8,7 +8,7 @@ from fastswitch.sim.hardware import HardwareProfile
 from fastswitch.sim.model_shapes import get_model_shape
 
 # 1,000 B/s each way, 0.01 s per copy call.
-LINK = HardwareProfile("link", peak_tflops=1.0, memory_bandwidth_gbs=1.0, memory_gb=1.0, h2d_gbs=1e-6,
+LINK = HardwareProfile("link", peak_tflops=1.0, memory_bandwidth_gbs=1.0, memory_gib=1.0, h2d_gbs=1e-6,
                        d2h_gbs=1e-6, copy_call_latency_us=1e4)  # fmt: skip
 
 

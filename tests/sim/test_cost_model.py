@@ -11,7 +11,7 @@ from fastswitch.sim.model_shapes import ModelShape, get_model_shape
 TOY = ModelShape("toy", num_layers=2, hidden_size=8, num_heads=2, num_kv_heads=1, head_dim=4,
                  intermediate_size=16, vocab_size=10)  # fmt: skip
 # 1e6 FLOP/s peak at MFU 0.5 = 5e5 FLOP/s; 1,000 B/s at efficiency 0.5 = 500 B/s; 1,000 B/s link.
-SLOW = HardwareProfile("slow", peak_tflops=1e-6, memory_bandwidth_gbs=1e-6, memory_gb=1.0, h2d_gbs=1e-6,
+SLOW = HardwareProfile("slow", peak_tflops=1e-6, memory_bandwidth_gbs=1e-6, memory_gib=1.0, h2d_gbs=1e-6,
                        d2h_gbs=2e-6, copy_call_latency_us=10.0, mfu=0.5, bandwidth_efficiency=0.5,
                        step_overhead_us=100.0)  # fmt: skip
 

@@ -3,13 +3,24 @@ import pytest
 from fastswitch.sim.experiments import ABLATION_PRESETS, EXPERIMENTS, get_experiment
 
 
-def test_pool_sizes_follow_memory_left_after_weights():
-    # A10: 24 GB * 0.9 - 16.06 GB of Llama-3-8B weights - 1 GB reserve = 4.54 GB of 2 MiB blocks.
+def test_pool_sizes_follow_memory_left_after_weights_and_activations():
+    # A10: 23,028 MiB * 0.9 = 21.73e9 B, - 16.06e9 B of Llama-3-8B weights - 1.10 GiB of profiling
+    # activations (8,192 tokens x (3 x 14,336 + 4 x 4,096) x 2 B + 256 float32 logits rows) = 2 MiB blocks.
     device, host = get_experiment("llama8b-a10").kv_pool_blocks(16)
-    assert device == 2164
-    assert host == int(60e9 // (2 * 1024 * 1024))
-    # Qwen2.5-32B leaves 72 - 65.5 - 1 GB on an A100 80 GB, in 4 MiB blocks.
-    assert get_experiment("qwen32b-a100").kv_pool_blocks(16)[0] == 1304
+    assert device == 2177
+    assert host == 60 * 2**30 // (2 * 1024 * 1024)
+
+
+def test_a_gib_profile_gives_the_expected_qwen_pool():
+    """80 GiB (not 80e9 B) * 0.9 = 77.31e9 B; minus 65.52e9 B of Qwen2.5-32B weights and 1.85e9 B of
+    activations leaves 9.93e9 B: 2,367 blocks of 4 MiB (the decimal reading gave 1,304)."""
+    exp = get_experiment("qwen32b-a100")
+    assert exp.hardware_profile().memory_bytes == 80 * 2**30
+    shape = exp.model_shape()
+    free = 80 * 2**30 * 0.9 - shape.num_params * 2 - (8192 * (3 * 27648 + 4 * 5120) * 2 + 256 * 152064 * 4)
+    assert exp.kv_pool_blocks(16)[0] == int(free // (4 * 2**20)) == 2367
+    # A10 "24 GB": 23,028 MiB of usable memory.
+    assert get_experiment("llama8b-a10").hardware_profile().memory_bytes == 23028 * 2**20
 
 
 def test_ablation_steps_switch_on_one_mechanism_at_a_time():

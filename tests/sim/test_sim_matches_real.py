@@ -19,7 +19,7 @@ TINY = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_h
                    num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.1)  # fmt: skip
 # A machine slow enough that the tiny model's steps take milliseconds, as a real model's do on a GPU, so
 # turns overlap and preempt each other; copies of its 2 KiB blocks take about a millisecond each.
-SLOW_GPU = HardwareProfile("slow", peak_tflops=1e-4, memory_bandwidth_gbs=0.02, memory_gb=1.0, h2d_gbs=0.002,
+SLOW_GPU = HardwareProfile("slow", peak_tflops=1e-4, memory_bandwidth_gbs=0.02, memory_gib=1.0, h2d_gbs=0.002,
                            d2h_gbs=0.002, copy_call_latency_us=50.0)  # fmt: skip
 
 
