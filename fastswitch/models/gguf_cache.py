@@ -7,6 +7,11 @@ modification time: editing or replacing the file makes a new entry. The cache ro
 $FASTSWITCH_CACHE, else $XDG_CACHE_HOME/fastswitch, else ~/.cache/fastswitch. The folder is written
 under a temporary name and renamed into place, so an interrupted conversion never leaves a half
 entry that a later load would trust.
+
+Llama, Mistral, Qwen2 and Qwen3 files convert (transformers maps their llama.cpp tensor names). One
+gap is filled here: transformers reads no head dimension for Qwen2/Qwen3 files, so a Qwen3 whose
+`attention.key_length` is not Qwen3Config's default of 128 would be built with the wrong shapes; the
+key length the file declares is passed as head_dim.
 """
 
 from __future__ import annotations
@@ -49,6 +54,19 @@ def is_complete(entry: Path) -> bool:
     return all((entry / name).is_file() for name in ENTRY_FILES)
 
 
+def declared_head_dim(gguf_path: Path) -> int | None:
+    """The `<architecture>.attention.key_length` of a GGUF file (its head_dim), or None if absent."""
+    import gguf  # the optional dependency transformers' GGUF support needs too (pip install fastswitch[gguf])
+
+    fields = gguf.GGUFReader(str(gguf_path)).fields
+    arch_field = fields.get("general.architecture")
+    if arch_field is None:
+        return None
+    arch = bytes(arch_field.parts[arch_field.data[0]]).decode()
+    field = fields.get(f"{arch}.attention.key_length")
+    return None if field is None else int(field.parts[field.data[0]][0])
+
+
 def converted_gguf_folder(gguf_path: str | Path, progress: bool = True) -> Path:
     """A Hugging Face folder holding gguf_path's de-quantised weights and tokenizer; converts on first use."""
     gguf_path = Path(gguf_path)
@@ -58,11 +76,15 @@ def converted_gguf_folder(gguf_path: str | Path, progress: bool = True) -> Path:
     if is_complete(entry):
         return entry
     folder, name = str(gguf_path.resolve().parent), gguf_path.name
-    # The config comes from the file's metadata alone: refuse a non-Llama file before de-quantising it.
-    check_supported_config(AutoConfig.from_pretrained(folder, gguf_file=name))
+    # The config comes from the file's metadata alone: refuse an unsupported file before de-quantising it.
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    check_supported_config(config)
+    head_dim = declared_head_dim(gguf_path)
+    if head_dim is not None:
+        config.head_dim = head_dim
     if progress:
         tqdm.write(f"Converting {gguf_path.name} once; the result is cached in {entry}", file=sys.stderr)
-    hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
 
     staging = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")

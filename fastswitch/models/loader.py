@@ -1,5 +1,7 @@
 """load_model: a Hugging Face folder, a .gguf file or an in-memory transformers model -> LlamaForServing.
 
+Families: Llama, Mistral, Qwen2/Qwen2.5 and Qwen3 (fastswitch.models.llama.SUPPORTED_MODEL_TYPES).
+
 - A folder is read straight from its safetensors (one file or sharded with an index), so loading
   costs one pass over the weights and no transformers model is built.
 - A .gguf file is converted once by transformers' GGUF support and cached as such a folder
@@ -24,6 +26,7 @@ from transformers import AutoConfig, AutoTokenizer, GenerationConfig, Pretrained
 from fastswitch.models.gguf_cache import converted_gguf_folder
 from fastswitch.models.llama import LlamaForServing, check_supported_config
 from fastswitch.models.weights import load_weights
+from fastswitch.parallel.partition import WHOLE_MODEL, Partition
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -107,11 +110,13 @@ def _load_tokenizer(folder: Path, tokenizer):
     return None
 
 
-def _load_folder(folder: Path, dtype, device: torch.device, tokenizer, progress: bool) -> LoadedModel:
+def _load_folder(
+    folder: Path, dtype, device: torch.device, tokenizer, progress: bool, partition: Partition
+) -> LoadedModel:
     config = AutoConfig.from_pretrained(folder)
     check_supported_config(config)  # before reading any weights
     files = safetensors_files(folder)
-    model = LlamaForServing(config, resolve_dtype(dtype, getattr(config, "dtype", None), device), device)
+    model = LlamaForServing(config, resolve_dtype(dtype, getattr(config, "dtype", None), device), device, partition)
     load_weights(model, _iter_safetensors(files), total=_count_tensors(files), progress=progress)
     generation_config = (
         GenerationConfig.from_pretrained(folder) if (folder / "generation_config.json").is_file() else None
@@ -120,9 +125,11 @@ def _load_folder(folder: Path, dtype, device: torch.device, tokenizer, progress:
     return LoadedModel(model, tokenizer, config, eos_token_ids(generation_config, config, tokenizer))
 
 
-def _load_in_memory(source: PreTrainedModel, dtype, device: torch.device, tokenizer, progress: bool) -> LoadedModel:
+def _load_in_memory(
+    source: PreTrainedModel, dtype, device: torch.device, tokenizer, progress: bool, partition: Partition
+) -> LoadedModel:
     config = source.config
-    model = LlamaForServing(config, resolve_dtype(dtype, source.dtype, device), device)
+    model = LlamaForServing(config, resolve_dtype(dtype, source.dtype, device), device, partition)
     state = source.state_dict()
     load_weights(model, state.items(), total=len(state), progress=progress)
     if isinstance(tokenizer, (str, Path)):
@@ -137,16 +144,18 @@ def load_model(
     device: str | torch.device = "cpu",
     tokenizer=None,
     progress: bool = True,
+    partition: Partition = WHOLE_MODEL,
 ) -> LoadedModel:
-    """Load a Llama-family model for serving.
+    """Load a Llama-family model (Llama, Mistral, Qwen2/Qwen2.5, Qwen3) for serving.
 
     source: a Hugging Face checkpoint folder (safetensors), a .gguf file, or a transformers model.
     tokenizer: overrides the checkpoint's tokenizer (a tokenizer object or a folder).
-    Raises ValueError for a missing path, a non-Llama model, or weights that do not match the config.
+    partition: the tensor-parallel slice to load (default: the whole model).
+    Raises ValueError for a missing path, an unsupported model, or weights that do not match the config.
     """
     device = resolve_device(device)
     if isinstance(source, PreTrainedModel):
-        return _load_in_memory(source, dtype, device, tokenizer, progress)
+        return _load_in_memory(source, dtype, device, tokenizer, progress, partition)
     if not isinstance(source, (str, Path)):
         raise ValueError(f"model source {source!r} is neither a path nor a transformers PreTrainedModel")
     path = Path(source).expanduser()
@@ -154,4 +163,4 @@ def load_model(
         path = converted_gguf_folder(path, progress=progress)
     elif not path.is_dir():
         raise ValueError(f"model source {str(source)!r} is neither a checkpoint folder nor a .gguf file")
-    return _load_folder(path, dtype, device, tokenizer, progress)
+    return _load_folder(path, dtype, device, tokenizer, progress, partition)

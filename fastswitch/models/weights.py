@@ -5,6 +5,10 @@ fused matrix, so each checkpoint tensor lands in a row slice of its fused destin
 destinations is built from the model's own config, so a tensor whose shape the config does not imply,
 a tensor the architecture does not have, or a missing tensor is reported by name before the model is
 used.
+
+Under tensor parallelism a rank takes only its slice of each sharded tensor: the rows of its heads
+(q/k/v, their biases) and of its intermediate units (gate/up) -- column-parallel -- and the matching
+input columns of o and down -- row-parallel. Everything else is copied whole.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from fastswitch.models.llama import LlamaForServing
+from fastswitch.models.llama import LlamaForServing, num_kv_heads_of
 
 # Buffers some checkpoints carry that the serving model recomputes from the config.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -26,18 +30,35 @@ class Destination:
     param: torch.Tensor
     row_start: int
     row_stop: int
+    shape: tuple[int, ...]  # the whole checkpoint tensor's shape, as the config implies it
+    shard_dim: int = 0
+    shard: tuple[int, int] | None = None  # [start, stop) of shard_dim this rank takes; None: all
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (self.row_stop - self.row_start, *self.param.shape[1:])
+    def piece(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.shard is None:
+            return tensor
+        start, stop = self.shard
+        return tensor.narrow(self.shard_dim, start, stop - start)
 
 
 def _whole(param: torch.Tensor) -> Destination:
-    return Destination(param, 0, param.shape[0])
+    return Destination(param, 0, param.shape[0], tuple(param.shape))
+
+
+def _columns(param: torch.Tensor, full: int, shard: tuple[int, int]) -> Destination:
+    """A row-parallel weight: this rank holds the input columns shard of a [out, full] tensor."""
+    return Destination(param, 0, param.shape[0], (param.shape[0], full), shard_dim=1, shard=shard)
 
 
 def weight_destinations(model: LlamaForServing) -> dict[str, Destination]:
     """Every tensor name a Hugging Face checkpoint of this config holds, mapped to where it goes."""
+    config, partition = model.config, model.partition
+    hidden, dim = config.hidden_size, model.head_dim
+    q_heads = partition.even_slice(config.num_attention_heads)
+    kv_heads = partition.kv_head_slice(num_kv_heads_of(config))
+    units = partition.even_slice(config.intermediate_size)
+    q_shard, kv_shard = (q_heads[0] * dim, q_heads[1] * dim), (kv_heads[0] * dim, kv_heads[1] * dim)
+    full_q, full_kv = config.num_attention_heads * dim, num_kv_heads_of(config) * dim
     table = {
         "model.embed_tokens.weight": _whole(model.embed_tokens.weight),
         "model.norm.weight": _whole(model.norm.weight),
@@ -47,24 +68,35 @@ def weight_destinations(model: LlamaForServing) -> dict[str, Destination]:
     for index, layer in enumerate(model.layers):
         prefix = f"model.layers.{index}."
         attn, mlp = layer.self_attn, layer.mlp
-        q_rows, kv_rows = attn.num_heads * attn.head_dim, attn.num_kv_heads * attn.head_dim
+        q_rows, kv_rows = attn.num_heads * dim, attn.num_kv_heads * dim
+        inter = mlp.intermediate_size
+        # name -> (fused linear, first row, checkpoint rows, this rank's rows of the checkpoint tensor)
         fused_rows = {
-            "self_attn.q_proj": (attn.qkv_proj, 0, q_rows),
-            "self_attn.k_proj": (attn.qkv_proj, q_rows, q_rows + kv_rows),
-            "self_attn.v_proj": (attn.qkv_proj, q_rows + kv_rows, q_rows + 2 * kv_rows),
-            "mlp.gate_proj": (mlp.gate_up_proj, 0, mlp.intermediate_size),
-            "mlp.up_proj": (mlp.gate_up_proj, mlp.intermediate_size, 2 * mlp.intermediate_size),
+            "self_attn.q_proj": (attn.qkv_proj, 0, full_q, q_shard),
+            "self_attn.k_proj": (attn.qkv_proj, q_rows, full_kv, kv_shard),
+            "self_attn.v_proj": (attn.qkv_proj, q_rows + kv_rows, full_kv, kv_shard),
+            "mlp.gate_proj": (mlp.gate_up_proj, 0, config.intermediate_size, units),
+            "mlp.up_proj": (mlp.gate_up_proj, inter, config.intermediate_size, units),
         }
-        for name, (linear, start, stop) in fused_rows.items():
-            table[f"{prefix}{name}.weight"] = Destination(linear.weight, start, stop)
+        for name, (linear, start, full, shard) in fused_rows.items():
+            stop = start + shard[1] - shard[0]
+            sliced = shard if partition.size > 1 else None
+            table[f"{prefix}{name}.weight"] = Destination(linear.weight, start, stop, (full, hidden), 0, sliced)
             if linear.bias is not None:
-                table[f"{prefix}{name}.bias"] = Destination(linear.bias, start, stop)
-        for name, linear in (("self_attn.o_proj", attn.o_proj), ("mlp.down_proj", mlp.down_proj)):
-            table[f"{prefix}{name}.weight"] = _whole(linear.weight)
+                table[f"{prefix}{name}.bias"] = Destination(linear.bias, start, stop, (full,), 0, sliced)
+        for name, linear, full, shard in (
+            ("self_attn.o_proj", attn.o_proj, full_q, q_shard),
+            ("mlp.down_proj", mlp.down_proj, config.intermediate_size, units),
+        ):
+            weight = _columns(linear.weight, full, shard) if partition.size > 1 else _whole(linear.weight)
+            table[f"{prefix}{name}.weight"] = weight
             if linear.bias is not None:
-                table[f"{prefix}{name}.bias"] = _whole(linear.bias)
+                table[f"{prefix}{name}.bias"] = _whole(linear.bias)  # added once, after the all-reduce
         table[f"{prefix}input_layernorm.weight"] = _whole(layer.input_layernorm.weight)
         table[f"{prefix}post_attention_layernorm.weight"] = _whole(layer.post_attention_layernorm.weight)
+        if attn.q_norm is not None:
+            table[f"{prefix}self_attn.q_norm.weight"] = _whole(attn.q_norm.weight)
+            table[f"{prefix}self_attn.k_norm.weight"] = _whole(attn.k_norm.weight)
     return table
 
 
@@ -77,7 +109,7 @@ def _describe_config(model: LlamaForServing) -> str:
     c = model.config
     return (
         f"vocab_size={c.vocab_size}, hidden_size={c.hidden_size}, intermediate_size={c.intermediate_size}, "
-        f"num_attention_heads={c.num_attention_heads}, num_key_value_heads={model.num_kv_heads}, "
+        f"num_attention_heads={c.num_attention_heads}, num_key_value_heads={num_kv_heads_of(c)}, "
         f"head_dim={model.head_dim}, num_hidden_layers={c.num_hidden_layers}"
     )
 
@@ -108,7 +140,7 @@ def load_weights(
                     f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)} but the config implies "
                     f"{dest.shape} ({_describe_config(model)})"
                 )
-            dest.param[dest.row_start : dest.row_stop].copy_(tensor)
+            dest.param[dest.row_start : dest.row_stop].copy_(dest.piece(tensor))
             seen.add(name)
     missing = sorted(set(table) - seen)
     if missing:

@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from tiny_llamas import TINY_VARIANTS, tiny_llama
+from tiny_llamas import TINY_QWEN_VARIANTS, TINY_VARIANTS, tiny_variant
 
 from fastswitch.llm import LLM
 from fastswitch.models import SamplingParams
@@ -24,9 +24,9 @@ def transformers_greedy(hf, prompt: list[int], max_tokens: int) -> list[int]:
     return out[0, len(prompt):].tolist()
 
 
-@pytest.mark.parametrize("variant", sorted(TINY_VARIANTS))
+@pytest.mark.parametrize("variant", sorted(TINY_VARIANTS) + sorted(TINY_QWEN_VARIANTS))
 def test_greedy_batch_matches_transformers(variant):
-    hf = tiny_llama(**TINY_VARIANTS[variant])
+    hf = tiny_variant(variant)
     # max_num_seqs 3 < 4 prompts and a 16-token budget: requests join mid-run and prompts are chunked.
     llm = LLM(hf, block_size=8, max_num_seqs=3, max_num_batched_tokens=16, attention_backend="torch")
     prompts = random_prompts(PROMPT_LENGTHS)
@@ -39,9 +39,9 @@ def test_greedy_batch_matches_transformers(variant):
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
                     reason="the Triton kernels need CUDA or TRITON_INTERPRET=1 (tests/conftest.py sets it on CPU)")
-@pytest.mark.parametrize("variant", ["gqa", "head_dim_80"])
+@pytest.mark.parametrize("variant", ["gqa", "head_dim_80", "qwen3_gqa_head_dim_24"])
 def test_greedy_with_triton_kernels_matches_transformers(variant):
-    hf = tiny_llama(**TINY_VARIANTS[variant])
+    hf = tiny_variant(variant)
     llm = LLM(hf, block_size=8, max_num_seqs=4, attention_backend="triton")
     prompts = random_prompts((5, 12), seed=1)
     outputs = llm.generate(prompts, SamplingParams(max_tokens=6))

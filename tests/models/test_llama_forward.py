@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_llamas import TINY_VARIANTS, tiny_config, tiny_llama
+from tiny_llamas import TINY_QWEN_VARIANTS, TINY_VARIANTS, tiny_config, tiny_llama, tiny_variant
 from transformers import GPT2Config, LlamaConfig
 
 from fastswitch.cache import KVCache
@@ -23,9 +23,9 @@ def reference_logits(hf_model, token_ids: list[int]) -> torch.Tensor:
         return hf_model(torch.tensor([token_ids])).logits[0].float()  # [L, V]
 
 
-@pytest.mark.parametrize("variant", sorted(TINY_VARIANTS))
+@pytest.mark.parametrize("variant", sorted(TINY_VARIANTS) + sorted(TINY_QWEN_VARIANTS))
 def test_prefill_then_decode_logits_match_transformers(variant):
-    hf = tiny_llama(**TINY_VARIANTS[variant])
+    hf = tiny_variant(variant)
     runner = make_runner(hf)
     tokens = torch.randint(0, 384, (28,), generator=torch.Generator().manual_seed(1)).tolist()
     expected = reference_logits(hf, tokens)
