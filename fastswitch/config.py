@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-POLICIES = ("fcfs", "priority", "vtc")
+from fastswitch.sched.policies import PolicySpec, check_policy_spec
+
 PRIORITY_PATTERNS = ("random", "markov")
 PREEMPTION_MODES = ("swap", "recompute")
 ATTENTION_BACKENDS = ("auto", "triton", "torch")
@@ -38,8 +39,10 @@ class EngineConfig:
     max_num_seqs: int = 32
     max_num_batched_tokens: int = 2048
 
-    # Scheduling. priority_update_freq is the per-iteration probability that priorities are re-drawn.
-    policy: str = "fcfs"
+    # Scheduling. policy: a registered name ("fcfs", "priority", "vtc", "mlfq", ...), a policy object, or
+    # a class / factory making one per engine (sched/policies.py). priority_update_freq is the
+    # per-iteration probability that priorities are re-drawn.
+    policy: PolicySpec = "fcfs"
     priority_pattern: str = "random"
     priority_update_freq: float = 0.0
     num_priority_levels: int = 4
@@ -67,8 +70,8 @@ class EngineConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_policy_spec(self.policy)
         choices = {
-            "policy": POLICIES,
             "priority_pattern": PRIORITY_PATTERNS,
             "preemption_mode": PREEMPTION_MODES,
             "attention_backend": ATTENTION_BACKENDS,

@@ -1,11 +1,20 @@
-"""Scheduling: requests and conversations, policies (fcfs, priority, vtc), priority patterns, the
+"""Scheduling: requests and conversations, policies (fcfs, priority, vtc, mlfq), priority patterns, the
 preemptive scheduler and run metrics. Nothing here touches tensors: the scheduler decides, and the
 swap manager (fastswitch/cache) and the executor (fastswitch/engine.py) act."""
 
 from fastswitch.sched.conversation import Conversation
 from fastswitch.sched.kv_space import KVSpace
 from fastswitch.sched.metrics import RunMetrics, percentile
-from fastswitch.sched.policies import FCFSPolicy, PriorityPolicy, VTCPolicy, make_policy
+from fastswitch.sched.mlfq import MLFQPolicy  # importing it registers "mlfq", as a user's plug-in module would
+from fastswitch.sched.policies import (
+    FCFSPolicy,
+    PriorityPolicy,
+    SchedulingPolicy,
+    VTCPolicy,
+    make_policy,
+    policy_names,
+    register_policy,
+)
 from fastswitch.sched.priority_patterns import PriorityUpdater
 from fastswitch.sched.request import Request, RequestStatus, ScheduledChunk, SchedulerOutput
 from fastswitch.sched.scheduler import Scheduler
@@ -14,6 +23,7 @@ __all__ = [
     "Conversation",
     "FCFSPolicy",
     "KVSpace",
+    "MLFQPolicy",
     "PriorityPolicy",
     "PriorityUpdater",
     "Request",
@@ -22,7 +32,10 @@ __all__ = [
     "ScheduledChunk",
     "Scheduler",
     "SchedulerOutput",
+    "SchedulingPolicy",
     "VTCPolicy",
     "make_policy",
+    "policy_names",
     "percentile",
+    "register_policy",
 ]

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Hashable
 
 from fastswitch.sched.kv_space import KVSpace
-from fastswitch.sched.policies import make_policy
+from fastswitch.sched.policies import claim_policy, make_policy, rank_key
 from fastswitch.sched.priority_patterns import PriorityUpdater
 from fastswitch.sched.request import Request, RequestStatus, ScheduledChunk, SchedulerOutput
 
@@ -44,7 +44,8 @@ class Scheduler:
         self.adaptive_sync_blocks = config.adaptive_sync_blocks
         self.sync_swap_fraction = config.sync_swap_fraction
         self.step_time: float | None = None  # exponential average of executor step durations (s)
-        self.policy = make_policy(config.policy, config.vtc_input_weight, config.vtc_output_weight)
+        self.policy = claim_policy(make_policy(config.policy, config.vtc_input_weight, config.vtc_output_weight), self)
+        self.rank = rank_key(self.policy)
         self.priority_updater = PriorityUpdater(
             config.priority_pattern, config.priority_update_freq, config.num_priority_levels, config.seed
         )
@@ -112,7 +113,8 @@ class Scheduler:
                 request.metrics.swap_stall_time += now - request.swap_in_issued_at
                 request.swap_in_issued_at = None
         self.priority_updater.maybe_update(self.requests.values())
-        order = sorted(self.requests.values(), key=self.policy.key)
+        self.policy.on_step(self.requests.values(), now)
+        order = sorted(self.requests.values(), key=self.rank)
         budget = self.config.max_num_batched_tokens
         blocked = False  # a higher-ranked request is waiting for memory: admit nothing that needs more
         for index, request in enumerate(order):

@@ -23,6 +23,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from fastswitch.config import PRESETS, EngineConfig
+from fastswitch.sched.policies import is_policy_object
 from fastswitch.sim.hardware import GIB, HardwareProfile, get_profile
 from fastswitch.sim.model_shapes import ModelShape, get_model_shape
 from fastswitch.workloads import MULTI_ROUND_SHAREGPT_MEAN_TURNS
@@ -88,6 +89,11 @@ class Experiment:
 
     def engine_config(self, preset: str, seed: int) -> EngineConfig:
         """The EngineConfig of one preset (or ablation step) of this experiment."""
+        if is_policy_object(self.engine.get("policy")):
+            raise ValueError(
+                f"policy={self.engine['policy']!r}: an experiment builds one engine per (rate, seed, preset) and a "
+                "policy object keeps one engine's state; give a policy name, class or factory"
+            )
         base, *extras = preset.split("+")
         unknown = [m for m in extras if m not in MECHANISMS]
         if base not in PRESETS or unknown:
