@@ -2,8 +2,8 @@
 multi-turn `conversation`; or drive the engine step by step (`add_request`, `step`).
 
 Behind it is the preemptive engine (fastswitch/engine.py): iteration-level batching under a token
-budget, the scheduling policy of the config (`fcfs`, `priority`, `vtc`), preemption by swap or
-recompute, and the three FastSwitch mechanisms as the preset and overrides set them. `stats()` gives
+budget, the scheduling policy of the config (`fcfs`, `priority`, `vtc`, `mlfq`, or a plug-in:
+`LLM(model, policy=MyPolicy())`, see sched/policies.py), preemption by swap or recompute, and the three FastSwitch mechanisms as the preset and overrides set them. `stats()` gives
 the engine's counters (swaps, bytes, copy calls, time the executor waited on swaps) and the run's
 tail latencies.
 

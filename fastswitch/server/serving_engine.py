@@ -50,7 +50,8 @@ class ServingEngine:
     @classmethod
     def for_loaded(cls, loaded: LoadedModel, model_name: str, preset: str = "fastswitch", **overrides) -> "ServingEngine":
         """A fresh engine (own KV pools, own counters) over an already loaded model: several presets can
-        then be compared on one model without loading it again."""
+        then be compared on one model without loading it again. A policy given as a name, class or
+        factory is made afresh for each engine; a policy object drives only one engine at a time."""
         config = EngineConfig.from_preset(preset, **overrides)
         if loaded.tokenizer is None:
             raise ValueError(f"model {model_name!r} has no tokenizer files; serving text needs one")
