@@ -166,6 +166,7 @@ class Engine:
         self.num_prompt_tokens = 0
         self.num_generated_tokens = 0
         self._outputs: dict[str, RequestOutput] = {}
+        self._swap_wait_at_add: dict[str, float] = {}  # request id -> the engine's swap wait time when it came
         self.last_schedule: SchedulerOutput | None = None
         self._ids = itertools.count()
         self._conversation_ids = itertools.count()
@@ -242,6 +243,7 @@ class Engine:
                 request_id, prompt, token_ids, request.output_token_ids, None, None, request.metrics
             )
             self._outputs[request_id] = output
+            self._swap_wait_at_add[request_id] = self.swap_manager.stats.swap_wait_time
             return output
 
     def check_arrival_time(self, arrival_time: float | None) -> float:
@@ -297,6 +299,9 @@ class Engine:
             except RequestsFailed as failure:
                 sampled, errors = failure.sampled, failure.errors
             failed = [self._fail(request_id, message) for request_id, message in errors.items()]
+            for chunk in out.chunks:  # swap-ins waited for in this step's schedule: the engine was blocked
+                if chunk.request.swap_in_issued_at is not None:
+                    chunk.request.metrics.sync_swap_in_time += swaps_done_at - chunk.request.swap_in_issued_at
             finished = self.scheduler.update(out, sampled, self.executor.now(), swaps_done_at)
             self.num_steps += 1
             self.num_batched_tokens += out.num_batched_tokens
@@ -348,6 +353,8 @@ class Engine:
 
     def _retire(self, request: Request) -> RequestOutput:
         output = self._outputs.pop(request.request_id)
+        wait_at_add = self._swap_wait_at_add.pop(request.request_id)
+        request.metrics.engine_swap_wait_time = self.swap_manager.stats.swap_wait_time - wait_at_add
         output.finish_reason = request.finish_reason
         if self.detokenize is not None:
             kept = request.output_token_ids

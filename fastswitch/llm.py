@@ -11,6 +11,16 @@ Prompts may be strings (tokenized as they are, with the tokenizer's special toke
 token-id lists (taken as they are). The chat template is applied only by `chat` and conversations.
 Within one `generate` call, requests are submitted in priority order (0 most urgent), then prompt
 order, so even `fcfs` admits them by priority; `policy="priority"` also preempts for it.
+
+Sampling (`SamplingParams`, fastswitch/models/sampling.py) has vLLM's fields and meanings: stop
+strings and stop token ids, n, logprobs and prompt_logprobs, presence / frequency / repetition
+penalties, temperature, top-k, top-p, min-p, min_tokens, logit_bias, ignore_eos, seed, max_tokens
+(16 by default as in vLLM's LLM; None: until the context is full, as vLLM's server does when it is
+omitted). Where a default differs from vLLM's, that module says so (temperature: 0, greedy). Each
+output's `text` ends at a stop string (kept with include_stop_str_in_output), `stop_reason` names
+what stopped it, and `logprobs` / `prompt_logprobs` hold vLLM's {token id: Logprob} dicts. With
+n > 1 the prompt is prefilled once and its KV copied to the other samples: `generate` returns one
+output per prompt, completion 0, whose `samples` lists all n (see RequestOutput).
 """
 
 from __future__ import annotations
@@ -159,13 +169,13 @@ class LLM:
         if not isinstance(params, SamplingParams):
             raise ValueError(f"sampling_params {params!r} is not a SamplingParams")
         params.check_vocab(self.model.vocab_size)
-        self._check_length(len(conversation.token_ids) + len(new_token_ids) + params.max_tokens, params)
+        self._check_length(len(conversation.token_ids) + len(new_token_ids) + _room_asked(params), params)
         return conversation.submit(new_token_ids, params, prompt=text, request_id=self._new_request_id())
 
     # ---- helpers -----------------------------------------------------------------------------------
 
     def _run_until(self, outputs: list[RequestOutput]) -> None:
-        while not all(output.finished for output in outputs):
+        while not all(output.all_finished for output in outputs):
             self.engine.step()
 
     def _new_request_id(self) -> str:
@@ -203,13 +213,13 @@ class LLM:
         if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab for t in token_ids):
             raise ValueError(f"a prompt holds token ids outside the vocabulary 0..{vocab - 1}")
         params.check_vocab(vocab)
-        self._check_length(len(token_ids) + params.max_tokens, params, prompt_len=len(token_ids))
+        self._check_length(len(token_ids) + _room_asked(params), params, prompt_len=len(token_ids))
         return text, token_ids
 
     def _check_length(self, total: int, params: SamplingParams, prompt_len: int | None = None) -> None:
         # A request that could never complete is refused up front rather than cut short later.
         if total > self.max_model_len:
-            prompt = f"prompt of {prompt_len if prompt_len is not None else total - params.max_tokens} tokens"
+            prompt = f"prompt of {prompt_len if prompt_len is not None else total - _room_asked(params)} tokens"
             raise ValueError(
                 f"{prompt} + max_tokens={params.max_tokens} = {total} exceeds max_model_len={self.max_model_len}"
             )
@@ -218,6 +228,12 @@ class LLM:
             raise ValueError(
                 f"a request of {total} tokens needs {blocks} KV blocks but the cache holds {self.kv_cache.num_blocks}"
             )
+
+
+def _room_asked(params: SamplingParams) -> int:
+    """Tokens a request needs room for after its prompt: max_tokens, or 1 with max_tokens=None (it
+    then runs until the context is full)."""
+    return 1 if params.max_tokens is None else params.max_tokens
 
 
 class ChatSession:

@@ -2,6 +2,11 @@
 
 Times are `time.monotonic()` seconds. TTFT is first token minus arrival; the TBTs are the gaps
 between consecutive output tokens, so a request with n tokens has n - 1 of them.
+
+Swap stall: the time a request lost to KV copies, `swap_stall_total` = the time the engine was blocked
+on copies (synchronous swaps, or nothing to run until a copy lands) while the request was live, plus
+the time the request waited for its own swap-ins that the engine did not wait for (asynchronous ones,
+overlapped with other requests' steps). Its own synchronous swap-ins are inside the first term.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ class RequestMetrics:
     finish_time: float | None = None
     token_times: list[float] = field(default_factory=list)  # when each output token was sampled
     num_preemptions: int = 0
-    swap_stall_time: float = 0.0  # seconds the request waited on its own swap-ins
+    swap_stall_time: float = 0.0  # seconds the request waited on its own swap-ins (both kinds)
+    sync_swap_in_time: float = 0.0  # ... of which the engine waited for synchronously
+    engine_swap_wait_time: float = 0.0  # seconds the engine was blocked on copies while the request was live
 
     @property
     def ttft(self) -> float | None:
@@ -27,6 +34,11 @@ class RequestMetrics:
     @property
     def tbts(self) -> list[float]:
         return [later - earlier for earlier, later in zip(self.token_times, self.token_times[1:])]
+
+    @property
+    def swap_stall_total(self) -> float:
+        """Seconds of this request's life lost to swaps (see the module docstring)."""
+        return self.engine_swap_wait_time + self.swap_stall_time - self.sync_swap_in_time
 
     @property
     def e2e_latency(self) -> float | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from fastswitch.cache.allocator import Run
+from fastswitch.cache.block_manager import copy_runs
 
 KEY, VALUE = 0, 1  # index of K and V along dimension 2 of the cache
 
@@ -85,6 +86,14 @@ class KVCache:
         if length < 1 or start < 0 or start + length > self.num_blocks:
             raise ValueError(f"run ({start}, {length}) is not a non-empty run inside 0..{self.num_blocks - 1}")
         return self.data[start : start + length]
+
+    def copy_blocks(self, src_blocks: list[int], dst_blocks: list[int]) -> None:
+        """Copies block src_blocks[i] to dst_blocks[i] within this cache (all layers, K and V), one copy
+        per run that is contiguous on both sides. The two lists must not share a block."""
+        if set(src_blocks) & set(dst_blocks):
+            raise ValueError("a block copy within one cache needs disjoint source and destination blocks")
+        for src, dst, length in copy_runs(src_blocks, dst_blocks):
+            self.run((dst, length)).copy_(self.run((src, length)))
 
     @property
     def block_bytes(self) -> int:

@@ -176,6 +176,25 @@ class SwapManager:
         self.device.ensure_capacity(entry.device_key, num_tokens)
         return self.device.block_table(entry.device_key)
 
+    def fork(self, parent: Hashable, child: Hashable, num_tokens: int) -> tuple[list[int], list[int]] | None:
+        """Gives child, a new sequence, device blocks for parent's first num_tokens tokens (parent must
+        be on the device, ready). Returns (parent's blocks, child's blocks) for the caller to copy
+        block for block, or None, changing nothing, when too few device blocks are free."""
+        entry = self._entry(parent)
+        if entry.location != "device" or entry.in_flight is not None:
+            raise ValueError(f"cannot fork {parent!r}: location={entry.location}, copy in flight={entry.in_flight is not None}")
+        if child in self._seqs:
+            raise ValueError(f"cannot fork into {child!r}: it already holds KV")
+        needed = self.device.blocks_for_tokens(num_tokens)
+        if needed > self.device.num_blocks_of(entry.device_key):
+            raise ValueError(f"{parent!r} holds {self.device.num_blocks_of(entry.device_key)} blocks, fewer than {num_tokens} tokens need")
+        if needed > self.device.num_free:
+            return None
+        key = self._new_key(child)
+        self.device.ensure_capacity(key, num_tokens)
+        self._seqs[child] = SequenceKV("device", device_key=key)
+        return self.device.block_table(entry.device_key)[:needed], self.device.block_table(key)
+
     def can_swap_out(self, seq_id: Hashable, num_tokens: int) -> bool:
         entry = self._entry(seq_id)
         if entry.location != "device" or entry.in_flight is not None:

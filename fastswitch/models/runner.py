@@ -5,7 +5,7 @@ in the cache, and the chunk's tokens go to positions num_cached .. num_cached + 
 table. The runner turns the chunks into the packed inputs of the Llama forward (token ids, positions,
 slot mapping, block tables, cumulative query starts), runs it, and returns the logits of each chunk's
 last token only: the lm_head over every prefill token would cost a vocab-sized matmul per token for
-nothing.
+nothing. `forward_every_token` adds every token's logits for the chunks that ask (prompt logprobs).
 
 Sizing helpers for the KV cache (from the model's config) live here too, so that whoever builds the
 cache needs no knowledge of the model beyond the runner.
@@ -14,6 +14,7 @@ cache needs no knowledge of the model beyond the runner.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -147,7 +148,23 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, chunks: list[ForwardChunk]) -> torch.Tensor:
         """Run every chunk's new tokens; return fp32 logits [len(chunks), vocab] of each chunk's last token."""
+        return self.forward_every_token(chunks, ())[0]
+
+    @torch.inference_mode()
+    def forward_every_token(
+        self, chunks: list[ForwardChunk], every_token: Sequence[int]
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """`forward`, plus the fp32 logits [len(token_ids), vocab] of every token of the chunks whose
+        indices are in every_token (what prompt logprobs need); the lm_head runs on those rows only."""
         input_ids, positions, batch = self.prepare(chunks)
         hidden = self.model(input_ids, positions, batch, self.kv_cache)  # [T, hidden]
-        last_token_rows = torch.tensor(batch.layout.query_start_loc[1:], device=hidden.device) - 1
-        return self.model.compute_logits(hidden[last_token_rows]).float()
+        starts = batch.layout.query_start_loc
+        rows = [end - 1 for end in starts[1:]]
+        spans: dict[int, tuple[int, int]] = {}
+        for index in sorted(set(every_token)):
+            if not 0 <= index < len(chunks):
+                raise ValueError(f"every_token index {index} is outside 0..{len(chunks) - 1}")
+            spans[index] = (len(rows), len(rows) + starts[index + 1] - starts[index])
+            rows.extend(range(starts[index], starts[index + 1]))
+        logits = self.model.compute_logits(hidden[torch.tensor(rows, device=hidden.device)]).float()
+        return logits[: len(chunks)], {index: logits[a:b] for index, (a, b) in spans.items()}

@@ -2,7 +2,14 @@
 
 Per-request records are `fastswitch.outputs.RequestMetrics` (TTFT, every token time, TBTs,
 preemptions, swap stall time); this module aggregates them the way the paper reports them
-(P50/P95/P99/P99.9 TTFT and TBT, throughput in generated tokens per second of the run).
+(P50/P90/P95/P99/P99.9 TTFT and TBT, throughput in generated tokens per second of the run), plus the
+paper's motivation figure, the share of tail latency spent stalled on swaps:
+
+    stall_share_p99 = sum(swap_stall_total) / sum(e2e latency), over the requests whose end-to-end
+                      latency is at or above the P99 end-to-end latency of the run
+
+(`RequestMetrics.swap_stall_total`: time the engine was blocked on copies while the request was live,
+plus the request's own overlapped swap-in waits).
 """
 
 from __future__ import annotations
@@ -12,7 +19,8 @@ from dataclasses import dataclass, field
 
 from fastswitch.outputs import RequestMetrics
 
-PERCENTILES = (50.0, 95.0, 99.0, 99.9)
+PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+TAIL_PERCENTILE = 99.0  # stall_share_p99 looks at the requests at or above this e2e latency percentile
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -38,6 +46,8 @@ class RunMetrics:
 
     ttfts: list[float] = field(default_factory=list)
     tbts: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # end-to-end, per finished request
+    stalls: list[float] = field(default_factory=list)  # swap_stall_total, in the order of latencies
     num_requests: int = 0
     num_generated_tokens: int = 0
     num_preemptions: int = 0
@@ -53,6 +63,9 @@ class RunMetrics:
         if metrics.ttft is not None:
             self.ttfts.append(metrics.ttft)
         self.tbts.extend(metrics.tbts)
+        if metrics.e2e_latency is not None:
+            self.latencies.append(metrics.e2e_latency)
+            self.stalls.append(metrics.swap_stall_total)
         if self.first_arrival is None or metrics.arrival_time < self.first_arrival:
             self.first_arrival = metrics.arrival_time
         if metrics.finish_time is not None and (self.last_finish is None or metrics.finish_time > self.last_finish):
@@ -63,6 +76,16 @@ class RunMetrics:
         if self.first_arrival is None or self.last_finish is None:
             return 0.0
         return self.last_finish - self.first_arrival
+
+    def stall_share(self, q: float = TAIL_PERCENTILE) -> float:
+        """Share of the latency of the requests at or above the q-th e2e latency percentile that was
+        spent stalled on swaps; NaN without finished requests."""
+        threshold = percentile(self.latencies, q)
+        if math.isnan(threshold):
+            return math.nan
+        tail = [(lat, stall) for lat, stall in zip(self.latencies, self.stalls) if lat >= threshold]
+        total = sum(lat for lat, _ in tail)
+        return sum(stall for _, stall in tail) / total if total > 0 else 0.0
 
     def summary(self) -> dict[str, float]:
         out: dict[str, float] = {
@@ -76,4 +99,6 @@ class RunMetrics:
         for q in PERCENTILES:
             out[f"ttft_{_label(q)}"] = percentile(self.ttfts, q)
             out[f"tbt_{_label(q)}"] = percentile(self.tbts, q)
+        out["e2e_p99"] = percentile(self.latencies, TAIL_PERCENTILE)
+        out["stall_share_p99"] = self.stall_share()
         return out

@@ -46,6 +46,11 @@ class Request:
     metrics: RequestMetrics = None  # type: ignore[assignment]
     first_scheduled_time: float | None = None
     swap_in_issued_at: float | None = None  # set while a swap-in of this request is in flight
+    # What the engine and executor fill beside the tokens (see fastswitch/engine.py):
+    logprobs: list | None = None  # per output token {token id: Logprob}, when params.logprobs is set
+    prompt_logprobs: list | None = None  # per prompt token (None first), when params.prompt_logprobs is set
+    stop_strings: Any = None  # a StopStringMatcher when params.stop is set (and text can be decoded)
+    num_forks: int = 0  # further samples (params.n - 1) forked from this one when its prefill ends
 
     def __post_init__(self) -> None:
         if self.seq_id is None:

@@ -169,19 +169,38 @@ class Scheduler:
                 continue
             if token is None:
                 raise ValueError(f"request {request.request_id!r} expected a sampled token, got None")
-            request.output_token_ids.append(token)
-            request.metrics.record_token(now)
-            self.policy.on_output_token(request)
-            reason = self._stop_reason(request, token)
-            if reason is not None:
-                self._finish(request, reason, now, keep_kv=request.keep_kv)
+            if self._accept_token(request, token, now):
                 finished.append(request)
         self.last_batch_size = len(out.chunks)
         step = now - swaps_done_at  # the executor's run alone: waits on swaps came before swaps_done_at
         self.step_time = step if self.step_time is None else self.step_time + STEP_TIME_WEIGHT * (step - self.step_time)
         return finished
 
+    def start_forked(self, request: Request, token: int, num_computed: int, now: float) -> bool:
+        """Starts a further sample of a request whose prefill just ran (SamplingParams.n > 1), added
+        like any request after the engine copied the prompt's KV to it: it holds num_computed tokens
+        (when the device had room for the copy; else it is prefilled again, like a request preempted
+        by recompute) and token is its first output. The policy sees it as admitted already (VTC
+        charges the prompt once). Returns whether token already finishes it."""
+        if request.output_token_ids or request.first_scheduled_time is not None:
+            raise ValueError(f"request {request.request_id!r} has started already")
+        if self.kv.location(request.seq_id) == "device":
+            request.num_computed_tokens = num_computed
+        request.first_scheduled_time = now
+        return self._accept_token(request, token, now)
+
     # ---- helpers -----------------------------------------------------------------------------
+
+    def _accept_token(self, request: Request, token: int, now: float) -> bool:
+        """Appends a sampled token; finishes the request if it stops there (returns True then)."""
+        request.output_token_ids.append(token)
+        request.metrics.record_token(now)
+        self.policy.on_output_token(request)
+        reason = self._stop_reason(request, token)
+        if reason is None:
+            return False
+        self._finish(request, reason, now, keep_kv=request.keep_kv)
+        return True
 
     def _chunk(self, request: Request, num_new: int) -> ScheduledChunk:
         start = request.num_computed_tokens
@@ -270,12 +289,19 @@ class Scheduler:
         return False
 
     def _stop_reason(self, request: Request, token: int) -> str | None:
+        # vLLM's order: no EOS or stop token before min_tokens, then EOS, stop tokens, stop strings
+        # (the matcher applies min_tokens itself), length.
         params = request.params
-        if token in request.eos_token_ids and not params.ignore_eos:
+        held = len(request.output_token_ids) < params.min_tokens
+        if not held and token in request.eos_token_ids and not params.ignore_eos:
             return "stop"
-        if token in tuple(params.stop_token_ids):
+        if not held and token in tuple(params.stop_token_ids):
             return "stop"
-        if len(request.output_token_ids) >= params.max_tokens or request.num_tokens >= self.max_seq_len:
+        if request.stop_strings is not None and request.stop_strings.found(request.output_token_ids):
+            return "stop"
+        if params.max_tokens is not None and len(request.output_token_ids) >= params.max_tokens:
+            return "length"
+        if request.num_tokens >= self.max_seq_len:
             return "length"
         return None
 

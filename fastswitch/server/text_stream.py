@@ -11,6 +11,8 @@ too, so a client never receives part of a stop string it asked never to see.
 
 from __future__ import annotations
 
+from fastswitch.stop_strings import find_stop
+
 REPLACEMENT_CHAR = "\ufffd"
 
 
@@ -47,6 +49,6 @@ class TextStream:
         return delta
 
     def _first_stop(self, text: str) -> int | None:
-        found = [i for i in (text.find(s) for s in self.stop_strings) if i >= 0]
-        return min(found) if found else None
+        found = find_stop(text, self.stop_strings)
+        return None if found is None else found[0]
 

@@ -1,8 +1,15 @@
 """Runs an experiment: one simulation per (rate, seed, preset), in parallel, then tables and JSON.
 
 Jobs are independent simulations, so they spread over local processes (multiprocessing) by default.
-With `ray_address` they run as Ray tasks on that cluster instead: Ray is the scale-out path for
-sweeps too large for one machine, and an optional dependency (`pip install ray`).
+With `ray_address` they run as Ray tasks instead: an existing cluster's address ("auto", or
+"ray://host:10001"), or "local" to start a Ray instance on this machine for the run. Ray is the
+scale-out path for sweeps too large for one machine, and an optional dependency (`pip install ray`).
+
+Load: each run records `offered_tokens_per_s`, the tokens its workload asks for per second had every
+turn been answered the moment it arrived (all response tokens over the span from the first
+conversation's start to the last turn's arrival, each turn following the previous after its think
+time alone), and `served_tokens_per_s`, the tokens generated per second of the run (first arrival to
+last finish, the throughput). Served well below offered means the run was overloaded: queues grew.
 """
 
 from __future__ import annotations
@@ -17,13 +24,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fastswitch.sim.experiments import Experiment
-from fastswitch.sim.report import HEADLINE_METRICS, format_table, improvement
+from fastswitch.sim.report import HEADLINE_METRICS, RUN_METRICS, format_table, improvement, summarize, with_range
 from fastswitch.sim.simulator import simulate
-from fastswitch.workloads import synthetic_sharegpt
+from fastswitch.workloads import Workload, synthetic_sharegpt
 
 BASELINE_PRESET = "vllm"
-TABLE_COLUMNS = ("rate", "seed", "preset", *HEADLINE_METRICS, "num_preemptions", "copy_calls",
-                 "executor_idle_on_swaps", "wall_time_s")  # fmt: skip
+TABLE_COLUMNS = ("rate", "seed", "preset", "scheduler_mode", *RUN_METRICS, "num_preemptions", "copy_calls",
+                 "executor_idle_on_swaps", "priority_trace_digest", "wall_time_s")  # fmt: skip
+LOAD_COLUMNS = ("offered_tokens_per_s", "served_tokens_per_s")
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,17 @@ def jobs_of(experiment: Experiment) -> list[Job]:
     return [Job(experiment, p, s, r) for r in rates for s in experiment.seeds for p in experiment.presets]
 
 
+def offered_tokens_per_s(workload: Workload) -> float:
+    """Response tokens per second the workload asks for, had every turn been answered at once (see above)."""
+    conversations = workload.conversations
+    if not conversations:
+        return 0.0
+    first = min(c.start_time for c in conversations)
+    last = max(c.start_time + sum(t.think_time for t in c.turns) for c in conversations)
+    tokens = sum(t.response_tokens for c in conversations for t in c.turns)
+    return tokens / (last - first) if last > first else float("inf")
+
+
 def run_job(job: Job, progress: bool = False) -> dict:
     """One simulation; the result dict carries the job's coordinates beside the run's metrics."""
     exp = job.experiment
@@ -50,35 +69,47 @@ def run_job(job: Job, progress: bool = False) -> dict:
     result = simulate(config, exp.model_shape(), exp.hardware_profile(), workload, progress=progress)
     return {"experiment": exp.name, "model": exp.model, "hardware": exp.hardware, "preset": job.preset,
             "seed": job.seed, "rate": job.rate, "num_conversations": exp.num_conversations,
-            "num_turns": workload.num_turns, **result}  # fmt: skip
+            "num_turns": workload.num_turns, "offered_tokens_per_s": offered_tokens_per_s(workload),
+            **result, "served_tokens_per_s": result["throughput_tokens_per_s"]}  # fmt: skip
 
 
-def _run_on_ray(jobs: Sequence[Job], address: str, progress: bool) -> list[dict]:
+def _run_on_ray(jobs: Sequence[Job], address: str, progress: bool, num_cpus: int | None) -> list[dict]:
     try:
         import ray
     except ImportError as error:
         raise ValueError(f"ray_address={address!r} needs ray installed (pip install ray)") from error
-    ray.init(address=address, ignore_reinit_error=True)
-    remote = ray.remote(run_job)
-    refs = [remote.remote(job) for job in jobs]
-    results: dict = {}
-    pending = list(refs)
-    with tqdm(total=len(refs), desc="ray jobs", disable=not progress) as bar:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            results[ready[0]] = ray.get(ready[0])
-            bar.update(1)
-    return [results[ref] for ref in refs]
+    started_here = not ray.is_initialized()
+    if address == "local":  # a Ray instance on this machine, for this run only
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, ignore_reinit_error=True,
+                 log_to_driver=False)  # fmt: skip
+    else:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    try:
+        remote = ray.remote(run_job)
+        refs = [remote.remote(job) for job in jobs]
+        results: dict = {}
+        pending = list(refs)
+        with tqdm(total=len(refs), desc="ray jobs", disable=not progress) as bar:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                results[ready[0]] = ray.get(ready[0])
+                bar.update(1)
+        return [results[ref] for ref in refs]
+    finally:
+        if started_here:
+            ray.shutdown()
 
 
 def run_jobs(jobs: Sequence[Job], processes: int | None = None, ray_address: str | None = None,
              progress: bool = True) -> list[dict]:  # fmt: skip
     """Results in the order of jobs. processes=None uses one process per CPU core (at most one per job);
-    1 runs in this process with a progress bar per simulation."""
+    1 runs in this process with a progress bar per simulation. With ray_address the jobs are Ray tasks;
+    for "local", processes is the CPU count of the Ray instance started (each CPU one worker process,
+    which imports torch once: fewer workers start sooner)."""
     if processes is not None and processes < 1:
         raise ValueError(f"processes={processes} must be at least 1")
     if ray_address:
-        return _run_on_ray(jobs, ray_address, progress)
+        return _run_on_ray(jobs, ray_address, progress, processes)
     workers = min(processes or os.cpu_count() or 1, len(jobs))
     if workers <= 1:
         return [run_job(job, progress=progress) for job in jobs]
@@ -103,11 +134,24 @@ def comparison_rows(results: Sequence[dict]) -> list[dict]:
 
 
 def render_tables(results: Sequence[dict]) -> str:
+    """Every run, then (with several seeds) each preset's metrics as mean [min-max] over seeds, then
+    the improvement over vllm: per seed, and as mean [min-max] over seeds."""
     text = format_table(results, TABLE_COLUMNS)
+    summary = summarize(results, BASELINE_PRESET)
+    several_seeds = any(row["seeds"] > 1 for row in summary)
+    if several_seeds:
+        text += "\n\nmean [min-max] over seeds\n"
+        text += format_table(with_range(summary, list(RUN_METRICS)), ("rate", "preset", "seeds", *RUN_METRICS))
     rows = comparison_rows(results)
     if rows:
-        text += "\n\nimprovement over vllm (x, > 1 is better)\n"
+        text += "\n\nimprovement over vllm (x, > 1 is better), per seed\n"
         text += format_table(rows, ("rate", "seed", "preset", *HEADLINE_METRICS))
+        if several_seeds:
+            ratio_names = [name for name, better in RUN_METRICS.items() if better is not None]
+            ratio_rows = [{**row, "preset": f"{row['preset']} / vllm"} for row in summary if row["preset"] != BASELINE_PRESET]
+            text += "\n\nimprovement over vllm (x, > 1 is better), mean [min-max] over seeds, with the load\n"
+            cells = with_range(ratio_rows, [f"{name}_x" for name in ratio_names] + list(LOAD_COLUMNS))
+            text += format_table(cells, ("rate", "preset", *LOAD_COLUMNS, *(f"{n}_x" for n in ratio_names)))
     return text
 
 
@@ -120,5 +164,6 @@ def save_results(experiment: Experiment, results: Sequence[dict], path: Path) ->
         "hardware": experiment.hardware,
         "runs": list(results),
         "improvement_over_vllm": comparison_rows(results),
+        "over_seeds": summarize(results, BASELINE_PRESET),
     }
     path.write_text(json.dumps(document, indent=1) + "\n")

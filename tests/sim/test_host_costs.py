@@ -71,3 +71,12 @@ def test_a_linear_step_model_replaces_the_roofline():
     assert model.forward_time([(10, 0), (1, 99)]) == pytest.approx((100 + 2 * 11 + 30 * 2 + 5 * 155 / 1000) * 1e-6)
     with pytest.raises(ValueError, match="linear_step_us"):
         A10.replace(linear_step_us=(1.0, -2.0, 0.0, 0.0))
+
+
+def test_each_run_reports_its_stall_share_and_switch_latency():
+    vllm = simulate(config("vllm"), LLAMA, A10, BURST)
+    fast = simulate(config("fastswitch"), LLAMA, A10, BURST)
+    # vllm waits for every swap, so its slowest requests spent part of their life blocked on copies.
+    assert 0 < vllm["stall_share_p99"] < 1 and fast["stall_share_p99"] < vllm["stall_share_p99"]
+    # One copy per block per layer per K/V against one per block group: switches are cheaper.
+    assert fast["mean_swap_latency_s"] < vllm["mean_swap_latency_s"]
