@@ -85,7 +85,7 @@ class EngineConfig:
         positive += [n for n in ("num_gpu_blocks", "num_cpu_blocks", "max_model_len") if getattr(self, n) is not None]
         for name in positive:
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         blocks = self.adaptive_sync_blocks
         if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:

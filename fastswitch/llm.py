@@ -81,8 +81,7 @@ class LLM:
 
         client_ids: who sent each prompt, for the `vtc` policy (default: one client).
         """
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
+        prompts = _prompt_list(prompts)
         params = self._per_prompt("sampling_params", sampling_params or SamplingParams(), len(prompts))
         priorities = self._per_prompt("priorities", 0 if priorities is None else priorities, len(prompts))
         clients = self._per_prompt("client_ids", "default" if client_ids is None else client_ids, len(prompts))
@@ -95,6 +94,7 @@ class LLM:
                 token_ids, params[i], request_id=ids[i], priority=priorities[i], client_id=clients[i], prompt=text
             )
         self._run_until(outputs)
+        _raise_for_failed(outputs)
         return outputs
 
     def chat(
@@ -106,8 +106,13 @@ class LLM:
         """Answer one conversation (a list of {"role", "content"} messages) or a list of them, statelessly.
         For a conversation that continues turn after turn on its own KV, use `conversation()`."""
         self._check_chat_template()
-        if conversations and isinstance(conversations[0], dict):
+        if isinstance(conversations, (list, tuple)) and conversations and isinstance(conversations[0], dict):
             conversations = [conversations]
+        if not isinstance(conversations, (list, tuple)):
+            kind = type(conversations).__name__
+            raise ValueError(f"conversations must be a list of messages or a list of such lists, got {kind}")
+        for conversation in conversations:
+            check_messages(conversation)
         rendered = [
             self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations
         ]
@@ -175,8 +180,15 @@ class LLM:
     # ---- helpers -----------------------------------------------------------------------------------
 
     def _run_until(self, outputs: list[RequestOutput]) -> None:
-        while not all(output.all_finished for output in outputs):
-            self.engine.step()
+        """Steps until every output finished. If a step raises, these requests are aborted (their blocks
+        freed) before the error propagates, so a failed call leaves nothing behind for the next."""
+        try:
+            while not all(output.all_finished for output in outputs):
+                self.engine.step()
+        except BaseException:
+            for output in outputs:
+                self.engine.abort(output.request_id)
+            raise
 
     def _new_request_id(self) -> str:
         request_id = str(self._next_request_id)
@@ -201,6 +213,8 @@ class LLM:
             raise ValueError(f"sampling_params entry {params!r} is not a SamplingParams")
         if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
             raise ValueError(f"priority={priority!r} must be an integer >= 0")
+        if not isinstance(prompt, (str, list, tuple)):
+            raise ValueError(f"a prompt must be a string or a list of token ids, got {type(prompt).__name__}")
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError("a string prompt needs a tokenizer; pass token ids or LLM(..., tokenizer=...)")
@@ -236,6 +250,38 @@ def _room_asked(params: SamplingParams) -> int:
     return 1 if params.max_tokens is None else params.max_tokens
 
 
+def _prompt_list(prompts) -> list:
+    """generate's prompts as a list: one string or one token-id list becomes a list of one."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if not isinstance(prompts, (list, tuple)):
+        raise ValueError(
+            f"prompts must be a string, a list of strings or a list of token-id lists, got {type(prompts).__name__}"
+            + (" (pass tensor.tolist())" if hasattr(prompts, "tolist") else "")
+        )
+    if prompts and isinstance(prompts[0], int):
+        return [prompts]
+    return list(prompts)
+
+
+def _raise_for_failed(outputs: list[RequestOutput]) -> None:
+    """The engine failed some requests alone (see Engine.step): say which and why. The others finished,
+    and nothing of the failed ones is left in the engine."""
+    failed = [o for o in outputs if o.finish_reason == "error"]
+    if failed:
+        raise RuntimeError("; ".join(f"request {o.request_id} failed: {o.error}" for o in failed))
+
+
+def check_messages(messages) -> None:
+    """A chat: a list of {"role": str, "content": str} dicts. ValueError naming the first bad message."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError(f"a conversation must be a non-empty list of messages, got {messages!r:.60}")
+    for i, message in enumerate(messages):
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)):  # fmt: skip
+            raise ValueError(f"message {i} must be a dict with a string 'role' and a string 'content', got {message!r:.80}")
+
+
 class ChatSession:
     """A chat on one KV context: each `send` renders only the new message with the chat template and
     appends its tokens to exactly the tokens the conversation holds (earlier prompts and answers)."""
@@ -251,6 +297,8 @@ class ChatSession:
 
     def submit(self, text: str, sampling_params: SamplingParams | None = None) -> RequestOutput:
         """Queue the next user message without running it (step the LLM, or call `send`)."""
+        if not isinstance(text, str):
+            raise ValueError(f"a chat message must be a string, got {type(text).__name__}")
         if self.conversation.busy:
             raise ValueError("the previous turn is still running; step the LLM until it finishes")
         params = sampling_params or SamplingParams()
@@ -266,6 +314,7 @@ class ChatSession:
         """Answer one user message; other queued work advances alongside it."""
         output = self.submit(text, sampling_params)
         self.llm._run_until([output])
+        _raise_for_failed([output])
         return output
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from fastswitch.llm import LLM
 from fastswitch.models import SamplingParams
+from fastswitch.server import tiny_random_llama
 
 EOS = 2
 
@@ -150,3 +151,103 @@ def test_add_request_takes_an_arrival_time(llm):
         llm.step()
     assert output.metrics.arrival_time == arrived and output.metrics.ttft >= 5.0
     assert llm.add_request([5]).request_id == "1"  # the rejected request used no id
+
+
+def poisoned(params: SamplingParams, **fields) -> SamplingParams:
+    """Params that passed validation and were then corrupted, so the engine itself meets the bad value."""
+    for name, value in fields.items():
+        object.__setattr__(params, name, value)
+    return params
+
+
+def test_a_request_that_fails_in_a_step_fails_alone_and_poisons_nothing(llm):
+    quiet = llm.generate(PROMPTS, SamplingParams(max_tokens=6, ignore_eos=True))
+    bad = poisoned(SamplingParams(max_tokens=6, temperature=1.0, seed=1), seed=2**64)  # torch cannot take it
+    params = [SamplingParams(max_tokens=6, ignore_eos=True), bad, SamplingParams(max_tokens=6, ignore_eos=True)]
+    with pytest.raises(RuntimeError, match="request 4 failed: .*"):
+        llm.generate(PROMPTS, params)
+    assert not llm.has_unfinished()
+    stats = llm.stats()
+    assert stats["num_free_gpu_blocks"] == stats["num_gpu_blocks"]
+    # The same engine answers the next call exactly as before, and the healthy requests of the failed
+    # call were served alongside (their tokens are what a quiet engine gives).
+    again = llm.generate(PROMPTS, SamplingParams(max_tokens=6, ignore_eos=True))
+    assert [o.token_ids for o in again] == [o.token_ids for o in quiet]
+
+
+def test_the_step_by_step_api_reports_the_failed_request_and_steps_on(llm):
+    good = llm.add_request(PROMPTS[0], SamplingParams(max_tokens=4, ignore_eos=True))
+    bad = llm.add_request(PROMPTS[1], poisoned(SamplingParams(max_tokens=4, temperature=1.0, seed=1), seed=2**64))
+    while llm.has_unfinished():
+        llm.step()
+    assert (good.finish_reason, len(good.token_ids)) == ("length", 4)
+    assert bad.finish_reason == "error" and bad.error and bad.token_ids == []
+    assert llm.stats()["num_free_gpu_blocks"] == llm.stats()["num_gpu_blocks"]
+
+
+def test_a_step_that_raises_leaves_no_request_of_the_call_behind(llm, monkeypatch):
+    real_step = llm.engine.step
+    calls = iter([RuntimeError("device lost")])
+
+    def step_that_fails_once():
+        for failure in calls:
+            raise failure
+        return real_step()
+
+    monkeypatch.setattr(llm.engine, "step", step_that_fails_once)
+    with pytest.raises(RuntimeError, match="device lost"):
+        llm.generate(PROMPTS, SamplingParams(max_tokens=3, ignore_eos=True))
+    assert not llm.has_unfinished()
+    assert [len(o.token_ids) for o in llm.generate(PROMPTS, SamplingParams(max_tokens=3, ignore_eos=True))] == [3] * 3
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda llm: llm.generate(None), "prompts must be a string, a list of strings or a list of token-id lists, got NoneType"),
+        (lambda llm: llm.generate(123), "got int"),
+        (lambda llm: llm.generate(torch.tensor([1, 2, 3])), r"got Tensor \(pass tensor.tolist\(\)\)"),
+        (lambda llm: llm.generate([None]), "a prompt must be a string or a list of token ids, got NoneType"),
+        (lambda llm: llm.generate([[1, 2]], SamplingParams(stop_token_ids=5)), "stop_token_ids=5"),
+    ],
+)
+def test_bad_python_inputs_get_value_errors_naming_them(llm, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(llm)
+    assert not llm.has_unfinished()
+
+
+def test_bad_engine_arguments_fail_before_the_weights_load(monkeypatch):
+    import fastswitch.llm as llm_module
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the arguments were checked")
+
+    monkeypatch.setattr(llm_module, "load_model", no_loading)
+    with pytest.raises(ValueError, match="num_gpu_blocks=True must be a positive integer"):
+        LLM("unused", num_gpu_blocks=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda' but this machine has no CUDA device"):
+            LLM("unused", device="cuda")
+
+
+@pytest.fixture(scope="module")
+def chat_llm(tmp_path_factory) -> LLM:
+    folder = tiny_random_llama(seed=0, root=tmp_path_factory.mktemp("models") / "tiny-random")
+    return LLM(folder, block_size=8, num_gpu_blocks=32, max_model_len=256, attention_backend="torch")
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda llm: llm.chat([{"content": "hi"}]), "message 0 must be a dict with a string 'role' and a string 'content'"),
+        (lambda llm: llm.chat([{"role": "user", "content": None}]), "message 0 must be a dict"),
+        (lambda llm: llm.chat("hi"), "conversations must be a list of messages or a list of such lists, got str"),
+        (lambda llm: llm.chat([[]]), "a conversation must be a non-empty list of messages"),
+        (lambda llm: llm.conversation().send(None), "a chat message must be a string, got NoneType"),
+    ],
+)
+def test_bad_chat_inputs_get_value_errors_naming_them(chat_llm, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(chat_llm)
+    assert not chat_llm.has_unfinished()

@@ -41,9 +41,15 @@ class LoadedModel:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto": cuda when there is one, else cpu. ValueError for a device this machine lacks."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} but this machine has no CUDA device (torch sees none); use 'cpu'")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"device={str(device)!r} but this machine has {torch.cuda.device_count()} CUDA devices")
+    return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype, checkpoint_dtype: object, device: torch.device) -> torch.dtype:

@@ -47,8 +47,10 @@ Built in:
 - `vtc`: the Virtual Token Counter of Sheng et al. (OSDI'24). Each client has a counter charged
   `vtc_input_weight` per prompt token when a request is first admitted and `vtc_output_weight` per
   generated token; the least-served client goes first; a client that becomes active again has its
-  counter lifted to the minimum over the active clients, so idling earns no credit. Non-preemptive,
-  as in the paper.
+  counter lifted to the minimum over the active clients (when none is active, to the last such
+  minimum: the paper lifts to the counter of the client that left last), so idling earns no credit.
+  Non-preemptive, as in the paper. Memory stays bounded: that lift makes an idle client's counter
+  irrelevant once it is at most the floor (see VTCPolicy), so such counters are dropped.
 - `mlfq`: FastServe's skip-join multi-level feedback queue (sched/mlfq.py), written as a plug-in.
 """
 
@@ -114,6 +116,9 @@ class PriorityPolicy(FCFSPolicy):
         return (request.priority, request.arrival_time, request.request_id)
 
 
+VTC_FORGET_MIN_CLIENTS = 1024  # VTC looks for idle counters to drop once it holds this many (then 2x what is kept)
+
+
 class VTCPolicy(FCFSPolicy):
     name = "vtc"
 
@@ -121,6 +126,12 @@ class VTCPolicy(FCFSPolicy):
         self.input_weight = input_weight
         self.output_weight = output_weight
         self.counters: dict[Hashable, float] = {}
+        # The floor: the least active counter at the latest arrival that saw an active client. Every
+        # active client's counter is >= floor (arrivals are lifted to it, counters only grow) and it
+        # never decreases, so a client returning later is lifted to at least today's floor: an idle
+        # counter <= floor can be forgotten without changing any counter or rank (_forget_idle).
+        self.floor = 0.0
+        self._forget_at = VTC_FORGET_MIN_CLIENTS
 
     def key(self, request: Request) -> tuple:
         counter = self.counters.get(request.client_id, 0.0)
@@ -129,11 +140,20 @@ class VTCPolicy(FCFSPolicy):
     def on_arrival(self, request: Request, live: Iterable[Request]) -> None:
         active = {r.client_id for r in live if r is not request}
         client = request.client_id
+        if active:
+            self.floor = max(self.floor, min(self.counters.get(c, 0.0) for c in active))
         counter = self.counters.get(client, 0.0)
-        if client not in active and active:
+        if client not in active:
             # Lift a returning client to the least-served active one: idle time is not banked credit.
-            counter = max(counter, min(self.counters.get(c, 0.0) for c in active))
+            counter = max(counter, self.floor)
         self.counters[client] = counter
+        if len(self.counters) >= self._forget_at:
+            self._forget_idle(active | {client})
+
+    def _forget_idle(self, active: set) -> None:
+        """Drops idle clients' counters that the lift would overwrite anyway; amortised O(1) per arrival."""
+        self.counters = {c: v for c, v in self.counters.items() if c in active or v > self.floor}
+        self._forget_at = max(VTC_FORGET_MIN_CLIENTS, 2 * len(self.counters))
 
     def on_first_admission(self, request: Request) -> None:
         self.counters[request.client_id] = (
