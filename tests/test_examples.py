@@ -1,4 +1,4 @@
-"""The examples run end to end: serve_llama.py in its --quick mode, and the quickstart notebook."""
+"""The examples run end to end: serve_llama.py in its --quick mode, and the two notebooks."""
 
 from __future__ import annotations
 
@@ -40,19 +40,36 @@ def test_serve_llama_quick_compares_presets_and_writes_plot(tmp_path, private_ca
         assert [u["turns"] for u in users] == [2, 2, 2], preset
 
 
-def test_quickstart_notebook_runs_end_to_end(private_cache):
+def run_notebook(name: str) -> str:
+    """Executes examples/<name> in the quick settings (tiny random model, few simulated conversations);
+    returns its printed output, after checking that no cell failed."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    notebook = nbformat.read(EXAMPLES / "quickstart.ipynb", as_version=4)
+    notebook = nbformat.read(EXAMPLES / name, as_version=4)
     env = {**os.environ, "FASTSWITCH_NOTEBOOK_MODEL": "tiny-random", "FASTSWITCH_NOTEBOOK_SIM_CONVERSATIONS": "6",
            "MPLBACKEND": "Agg"}  # fmt: skip
     env.pop("TRITON_INTERPRET", None)  # the notebook runs as a user would: torch attention on CPU
     client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(EXAMPLES)}})  # fmt: skip
     client.execute(env=env)
-    outputs = "".join(
+    assert not [o for cell in notebook.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+    return "".join(
         o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
     )
+
+
+def test_quickstart_notebook_runs_end_to_end(private_cache):
+    outputs = run_notebook("quickstart.ipynb")
     assert "before:" in outputs and "after: " in outputs and "urgent answer" in outputs
     assert "improvement over vllm" in outputs
-    assert not [o for cell in notebook.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def test_custom_policy_notebook_compares_its_policy_with_the_built_in_ones(private_cache):
+    outputs = run_notebook("custom_policy.ipynb")
+    assert "lacks the method(s) ['on_arrival', 'on_step', 'on_first_admission', 'on_output_token']" in outputs
+    simulated, real = outputs.split("KV blocks; the cache holds")
+    assert "6 conversations, Llama-3-8B on an A10, simulated" in simulated
+    for table in (simulated, real):
+        rows = [line.split()[0] for line in table.splitlines() if line.strip()]
+        assert all(policy in rows for policy in ("fcfs", "priority", "vtc", "mlfq", "srpt")), table
+    assert "greedy answers identical under every policy:" in real
