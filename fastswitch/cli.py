@@ -183,10 +183,13 @@ def cmd_sim(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from fastswitch.server import run_server
 
-    serving = _load(args)
+    serving = _load(args, tensor_parallel_size=args.tensor_parallel_size)
     print(f"serving {serving.model_name} as {args.served_model_name or serving.model_name!r} on "
           f"http://{args.host}:{args.port}/v1 ({args.preset} preset, {args.policy} policy)", file=sys.stderr)  # fmt: skip
-    run_server(serving, args.host, args.port, args.served_model_name, args.log_level)
+    try:
+        run_server(serving, args.host, args.port, args.served_model_name, args.log_level)
+    finally:
+        serving.close()  # stops tensor-parallel workers too
     return 0
 
 
@@ -234,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--served-model-name", help="the model id clients send (default: the model's file name)")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                        help="uvicorn log level (default info)")
+    serve.add_argument("--tensor-parallel-size", type=int, default=1,
+                       help="split the model over N devices, one process each (default 1)")  # fmt: skip
     _engine_options(serve, policy="vtc")
     serve.set_defaults(func=cmd_serve)
     return parser

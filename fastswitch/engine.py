@@ -173,8 +173,13 @@ class Engine:
         self._lock = threading.RLock()
 
     @classmethod
-    def for_model(cls, model, config: EngineConfig, max_model_len: int, num_gpu_blocks: int, **kwargs) -> "Engine":
-        """The real engine over a LlamaForServing: device and host KV pools, runner, sampler, copies."""
+    def for_model(
+        cls, model, config: EngineConfig, max_model_len: int, num_gpu_blocks: int, workers=None, **kwargs
+    ) -> "Engine":
+        """The real engine over a LlamaForServing: device and host KV pools, runner, sampler, copies.
+
+        workers: a fastswitch.parallel.WorkerGroup when model is rank 0's shard of a tensor-parallel
+        model; the other ranks then build the same pools, and every step and copy reaches them."""
         device_cache = KVCache(
             num_gpu_blocks, model.num_layers, config.block_size, model.num_kv_heads, model.head_dim,
             model.dtype, model.device,
@@ -184,6 +189,9 @@ class Engine:
         runner = ModelRunner(model, device_cache, backend=config.attention_backend)
         executor = ModelExecutor(runner, Sampler(), config.seed)
         copies = TorchCopyEngine(device_cache, host_cache, asynchronous=config.async_swap)
+        if workers is not None:
+            workers.build(num_gpu_blocks, num_cpu_blocks, config.block_size, config.async_swap, config.attention_backend)
+            executor, copies = workers.executor(executor), workers.copy_engine(copies)
         if device_cache.data.is_cuda and config.block_groups:
             # A few link calls cost more than one gather at HBM speed (2-7 us per call, REFERENCES.md).
             kwargs.setdefault("pack_min_runs", GPU_PACK_MIN_RUNS)

@@ -35,19 +35,27 @@ from fastswitch.models.loader import load_model, resolve_device
 from fastswitch.models.runner import default_num_blocks, kv_cache_spec
 from fastswitch.models.sampling import SamplingParams
 from fastswitch.outputs import RequestOutput
+from fastswitch.parallel.partition import WHOLE_MODEL
+from fastswitch.parallel.workers import WorkerGroup
 from fastswitch.sched.conversation import Conversation
 
 
 class LLM:
-    def __init__(self, model, preset: str = "fastswitch", tokenizer=None, **overrides) -> None:
+    def __init__(
+        self, model, preset: str = "fastswitch", tokenizer=None, tensor_parallel_size: int = 1, **overrides
+    ) -> None:
         """model: a Hugging Face checkpoint folder, a .gguf file, or a transformers model in memory.
 
         overrides: EngineConfig fields (block_size, num_gpu_blocks, max_model_len, max_num_seqs, ...).
         tokenizer: replaces the checkpoint's tokenizer (needed for strings with an in-memory model).
+        tensor_parallel_size: split the model over this many devices, one process each (cuda:0..N-1,
+        or N processes on the CPU); `close()` stops them. See fastswitch/parallel.
         """
         self.config = EngineConfig.from_preset(preset, **overrides)
         device = resolve_device(self.config.device)
-        loaded = load_model(model, dtype=self.config.dtype, device=device, tokenizer=tokenizer)
+        self.workers = WorkerGroup.start(model, tensor_parallel_size, self.config.dtype, device)
+        partition = WHOLE_MODEL if self.workers is None else self.workers.partition
+        loaded = load_model(model, dtype=self.config.dtype, device=device, tokenizer=tokenizer, partition=partition)
         self.model, self.tokenizer, self.hf_config = loaded.model, loaded.tokenizer, loaded.hf_config
         self.eos_token_ids = loaded.eos_token_ids
         limit = max_supported_len(self.hf_config)
@@ -62,7 +70,7 @@ class LLM:
             detokenize = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
         self.engine = Engine.for_model(
             self.model, self.config, self.max_model_len, num_blocks,
-            eos_token_ids=self.eos_token_ids, detokenize=detokenize,
+            eos_token_ids=self.eos_token_ids, detokenize=detokenize, workers=self.workers,
         )  # fmt: skip
         self.kv_cache = self.engine.device_cache
         self._next_request_id = 0

@@ -16,6 +16,8 @@ from fastswitch.engine import Engine
 from fastswitch.models.llama import max_supported_len
 from fastswitch.models.loader import LoadedModel, load_model, resolve_device
 from fastswitch.models.runner import default_num_blocks, kv_cache_spec
+from fastswitch.parallel.partition import WHOLE_MODEL
+from fastswitch.parallel.workers import WorkerGroup
 from fastswitch.server.model_sources import resolve_model
 
 # On CPU the default model's full 8k context would size a pool nobody uses; chat turns are short.
@@ -34,22 +36,36 @@ class ServingEngine:
 
     @classmethod
     def load(
-        cls, model: str | Path | None = None, preset: str = "fastswitch", progress: bool = True, **overrides
+        cls,
+        model: str | Path | None = None,
+        preset: str = "fastswitch",
+        progress: bool = True,
+        tensor_parallel_size: int = 1,
+        **overrides,
     ) -> "ServingEngine":
         """model: a checkpoint folder, a .gguf file, "tiny-random", or None for SmolLM2-135M-Instruct.
 
-        overrides: EngineConfig fields. Raises ValueError for a bad field, a missing model, a model
+        overrides: EngineConfig fields. tensor_parallel_size: devices (processes) the model is split
+        over (fastswitch/parallel). Raises ValueError for a bad field, a missing model, a model
         without a tokenizer, or a max_model_len beyond the model's limit, before loading weights
         where it can.
         """
         config = EngineConfig.from_preset(preset, **overrides)
         source = resolve_model(model)
-        loaded = load_model(source, dtype=config.dtype, device=resolve_device(config.device), progress=progress)
-        return cls.for_loaded(loaded, Path(str(source)).name, preset, **overrides)
+        device = resolve_device(config.device)
+        workers = WorkerGroup.start(source, tensor_parallel_size, config.dtype, device)
+        partition = WHOLE_MODEL if workers is None else workers.partition
+        loaded = load_model(source, dtype=config.dtype, device=device, progress=progress, partition=partition)
+        return cls.for_loaded(loaded, Path(str(source)).name, preset, workers=workers, **overrides)
 
     @classmethod
-    def for_loaded(cls, loaded: LoadedModel, model_name: str, preset: str = "fastswitch", **overrides) -> "ServingEngine":
-        """A fresh engine (own KV pools, own counters) over an already loaded model: several presets can
+    def for_loaded(
+        cls, loaded: LoadedModel, model_name: str, preset: str = "fastswitch", workers=None, **overrides
+    ) -> "ServingEngine":
+        """workers: the WorkerGroup of a tensor-parallel model whose rank 0 shard `loaded` is (one engine
+        per group; None without tensor parallelism).
+
+        A fresh engine (own KV pools, own counters) over an already loaded model: several presets can
         then be compared on one model without loading it again. A policy given as a name, class or
         factory is made afresh for each engine; a policy object drives only one engine at a time."""
         config = EngineConfig.from_preset(preset, **overrides)
@@ -71,7 +87,7 @@ class ServingEngine:
         tokenizer = loaded.tokenizer
         engine = Engine.for_model(
             loaded.model, config, max_model_len, num_gpu_blocks, eos_token_ids=loaded.eos_token_ids,
-            detokenize=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+            detokenize=lambda ids: tokenizer.decode(ids, skip_special_tokens=True), workers=workers,
         )  # fmt: skip
         return cls(engine, tokenizer, model_name, max_model_len)
 
