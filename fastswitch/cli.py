@@ -13,6 +13,7 @@ Llama checkpoint folder, a .gguf file, or "tiny-random" (random weights, for smo
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -22,8 +23,10 @@ from tqdm.auto import tqdm
 
 from fastswitch.config import PRESETS
 from fastswitch.models.sampling import SamplingParams
+from fastswitch.server.body_limit import DEFAULT_MAX_BODY_BYTES
 from fastswitch.sched.policies import policy_names
 
+SERVE_EXTRA_MODULES = ("fastapi", "uvicorn")
 DEFAULT_BENCH_OUT = Path("benchmarks/results/cli_bench.json")
 BENCH_COLUMNS = ("preset", "turns", "ttft_p50", "ttft_p99", "tbt_p99", "throughput_tokens_per_s",
                  "num_preemptions", "swap_out_count", "copy_calls", "swap_out_mb", "wall_s")  # fmt: skip
@@ -181,13 +184,18 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    missing = [name for name in SERVE_EXTRA_MODULES if importlib.util.find_spec(name) is None]
+    if missing:  # checked before the model loads
+        print(f"fastswitch serve: error: the server needs {' and '.join(missing)}, from the serve extra: "
+              "pip install 'fastswitch[serve]'", file=sys.stderr)  # fmt: skip
+        return 2
     from fastswitch.server import run_server
 
     serving = _load(args, tensor_parallel_size=args.tensor_parallel_size)
     print(f"serving {serving.model_name} as {args.served_model_name or serving.model_name!r} on "
           f"http://{args.host}:{args.port}/v1 ({args.preset} preset, {args.policy} policy)", file=sys.stderr)  # fmt: skip
     try:
-        run_server(serving, args.host, args.port, args.served_model_name, args.log_level)
+        run_server(serving, args.host, args.port, args.served_model_name, args.log_level, args.max_body_bytes)
     finally:
         serving.close()  # stops tensor-parallel workers too
     return 0
@@ -237,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--served-model-name", help="the model id clients send (default: the model's file name)")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                        help="uvicorn log level (default info)")
+    serve.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                       help=f"larger request bodies get a 413 (default {DEFAULT_MAX_BODY_BYTES})")  # fmt: skip
     serve.add_argument("--tensor-parallel-size", type=int, default=1,
                        help="split the model over N devices, one process each (default 1)")  # fmt: skip
     _engine_options(serve, policy="vtc")

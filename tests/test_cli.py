@@ -152,3 +152,21 @@ def test_serve_answers_the_openai_api_from_a_subprocess(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_serve_without_the_serve_extra_names_the_install_command(monkeypatch, capsys):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real_find_spec(name, *a))
+    assert main(["serve", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "needs uvicorn" in err and "pip install 'fastswitch[serve]'" in err and "Traceback" not in err
+
+
+def test_the_core_package_imports_without_the_serve_extra():
+    # fastapi, starlette and uvicorn are the serve extra: the CLI and fastswitch.server must import without them.
+    code = ("import sys; [sys.modules.__setitem__(m, None) for m in ('fastapi', 'starlette', 'uvicorn')]; "
+            "import fastswitch.cli, fastswitch.server; print('ok')")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "ok", result.stderr

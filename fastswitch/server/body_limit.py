@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 
-from starlette.exceptions import HTTPException
-
 DEFAULT_MAX_BODY_BYTES = 8 << 20  # 8 MiB: far above any prompt a context of 128k tokens can hold
 
 
@@ -52,6 +50,8 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
+                    from starlette.exceptions import HTTPException  # the serve extra: imported when serving
+
                     raise HTTPException(413, too_large_message(self.max_body_bytes))
             return message
 

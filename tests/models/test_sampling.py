@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from fastswitch.models import Sampler, SamplingParams
@@ -208,14 +208,18 @@ def vllm_top_k_top_p_min_p(row: list[float], k: int, p: float, min_p: float) -> 
     (sorted ascending) drop the tokens whose cumulative probability stays <= 1 - p, never the best."""
     vocab = len(row)
     probs = torch.softmax(torch.tensor(row, dtype=torch.float64), -1).tolist()
+    for t in range(vocab):
+        assume(abs(probs[t] - min_p * max(probs)) > 1e-9)
+    assume(len(set(probs)) == vocab)  # distinct logits can still round to equal probabilities
     kept = [t for t in range(vocab) if probs[t] >= min_p * max(probs)]
     kept = sorted(kept, key=lambda t: row[t], reverse=True)[: k if k else vocab]
     mass = torch.softmax(torch.tensor([row[t] for t in kept], dtype=torch.float64), -1).tolist()
-    ascending = sorted(range(len(kept)), key=lambda i: mass[i])
+    ascending = sorted(range(len(kept)), key=lambda i: (mass[i], row[kept[i]]))
     survivors, cumulative = set(), 0.0
     for position, i in enumerate(ascending):
         cumulative += mass[i]
-        if cumulative > 1 - p + 1e-12 or position == len(ascending) - 1:
+        assume(abs(cumulative - (1 - p)) > 1e-9)  # a rounding-level tie at the nucleus edge goes either way
+        if cumulative > 1 - p or position == len(ascending) - 1:
             survivors |= {kept[j] for j in ascending[position:]}
             break
     return survivors
