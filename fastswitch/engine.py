@@ -30,9 +30,11 @@ from fastswitch.cache.block_manager import BlockManager
 from fastswitch.cache.copy_engine import CopyEngine, TorchCopyEngine
 from fastswitch.cache.kv_cache import KVCache
 from fastswitch.cache.swap_manager import SwapManager
+from fastswitch.completions import check_params, equip, final_text, sample_params
 from fastswitch.config import EngineConfig
 from fastswitch.models.runner import ForwardChunk, ModelRunner
-from fastswitch.models.sampling import Sampler, SamplingParams
+from fastswitch.models.logprobs import token_logprobs
+from fastswitch.models.sampling import Sampler, SamplingParams, TokenHistory
 from fastswitch.outputs import RequestOutput
 from fastswitch.sched.conversation import Conversation
 from fastswitch.sched.metrics import RunMetrics
@@ -77,7 +79,7 @@ class ModelExecutor:
         return time.monotonic()
 
     def execute(self, chunks: list[ScheduledChunk]) -> list[int | None]:
-        logits = self.runner.forward([ForwardChunk(c.token_ids, c.num_cached, c.block_table) for c in chunks])
+        logits = self._forward(chunks)
         sampled: list[int | None] = [None] * len(chunks)
         errors: dict[str, str] = {}
         rows, generators = [], []
@@ -91,29 +93,58 @@ class ModelExecutor:
                 rows.append(i)
         if rows:
             params = [chunks[i].request.params for i in rows]
+            histories = [_history(chunks[i].request) for i in rows]
             saved = {id(g): (g, g.get_state()) for g in generators}
             try:
-                tokens = self.sampler.sample(logits[rows], params, generators)
+                tokens = self.sampler.sample(logits[rows], params, generators, histories)
             except Exception:
                 # Find the rows that fail, one at a time, from the generators' states before the batch:
                 # the rows that succeed draw exactly what the batch would have drawn for them.
                 for generator, state in saved.values():
                     generator.set_state(state)
                 tokens = []
-                for i, p, generator in zip(rows, params, generators):
+                for i, p, generator, history in zip(rows, params, generators, histories):
                     try:
-                        tokens += self.sampler.sample(logits[i : i + 1], [p], [generator])
+                        tokens += self.sampler.sample(logits[i : i + 1], [p], [generator], [history])
                     except Exception as exc:
                         errors[chunks[i].request.request_id] = _describe(exc)
                         tokens.append(None)
             for row, token in zip(rows, tokens):
                 sampled[row] = token
+            _record_logprobs([chunks[i].request for i in rows], logits[rows], tokens)
         if errors:
             raise RequestsFailed(sampled, errors)
         return sampled
 
     def release(self, request_id: str) -> None:
         self._generators.pop(request_id, None)
+
+    def fork(self, chunk_index: int, forks: list[Request], src_blocks: list[int], dst_blocks: list[int]) -> list[int]:
+        """SamplingParams.n > 1: copies KV blocks src -> dst (the prompt's, for the forks that got
+        device blocks) and samples each fork's first token from the logits the last `execute` gave
+        chunk chunk_index (the parent's prefill), with the fork's own params and generator."""
+        self.runner.kv_cache.copy_blocks(src_blocks, dst_blocks)
+        logits = self._last_logits[chunk_index].expand(len(forks), -1)
+        tokens = self.sampler.sample(
+            logits, [r.params for r in forks], [self._generator(r) for r in forks], [_history(r) for r in forks]
+        )
+        _record_logprobs(forks, logits, tokens)
+        return tokens
+
+    def _forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
+        """The last-token logits of every chunk; records prompt logprobs for the chunks that want them."""
+        wanted = [i for i, c in enumerate(chunks) if _prompt_rows(c)]
+        forward_chunks = [ForwardChunk(c.token_ids, c.num_cached, c.block_table) for c in chunks]
+        logits, every_token = self.runner.forward_every_token(forward_chunks, wanted)
+        for i in wanted:
+            request, rows = chunks[i].request, _prompt_rows(chunks[i])
+            positions = [chunks[i].num_cached + row + 1 for row in rows]  # row j predicts the next token
+            request.prompt_logprobs += token_logprobs(
+                every_token[i][rows], [request.prompt_token_ids[p] for p in positions],
+                [request.params.prompt_logprobs] * len(rows),
+            )  # fmt: skip
+        self._last_logits = logits
+        return logits
 
     def _generator(self, request: Request) -> torch.Generator:
         if request.params.seed is None:
@@ -125,6 +156,29 @@ class ModelExecutor:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _history(request: Request) -> TokenHistory:
+    return TokenHistory(request.prompt_token_ids, request.output_token_ids, request.eos_token_ids)
+
+
+def _prompt_rows(chunk: ScheduledChunk) -> list[int]:
+    """Rows of chunk whose logits give a prompt logprob still missing (prompt_logprobs holds
+    positions 0 .. len - 1; a recompute runs the prompt again and finds them all there)."""
+    request = chunk.request
+    if request.prompt_logprobs is None:
+        return []
+    first = len(request.prompt_logprobs) - chunk.num_cached - 1
+    last = min(len(chunk.token_ids), request.num_prompt_tokens - chunk.num_cached - 1)
+    return list(range(max(first, 0), last))
+
+
+def _record_logprobs(requests: list[Request], logits: torch.Tensor, tokens: list[int | None]) -> None:
+    """Appends each sampled token's logprobs (SamplingParams.logprobs) to its request."""
+    rows = [i for i, (r, t) in enumerate(zip(requests, tokens)) if r.logprobs is not None and t is not None]
+    entries = token_logprobs(logits[rows], [tokens[i] for i in rows], [requests[i].params.logprobs for i in rows])
+    for i, entry in zip(rows, entries):
+        requests[i].logprobs.append(entry)
 
 
 class Engine:
@@ -166,6 +220,7 @@ class Engine:
         self.num_prompt_tokens = 0
         self.num_generated_tokens = 0
         self._outputs: dict[str, RequestOutput] = {}
+        self._fork_parent: dict[str, str] = {}  # live forked sample's request id -> its parent's
         self._swap_wait_at_add: dict[str, float] = {}  # request id -> the engine's swap wait time when it came
         self.last_schedule: SchedulerOutput | None = None
         self._ids = itertools.count()
@@ -240,16 +295,19 @@ class Engine:
             if bad:
                 raise ValueError(f"prompt token ids {bad[:5]} lie outside the vocabulary 0..{self.vocab_size - 1}")
             params.check_vocab(self.vocab_size)
+        check_params(params, self.detokenize, conversation=seq_id is not None or keep_kv, can_fork=hasattr(self.executor, "fork"))
         with self._lock:
             request_id = str(next(self._ids)) if request_id is None else str(request_id)
             request = Request(
                 request_id, token_ids, params, arrival_time, seq_id=seq_id, priority=priority,
                 client_id=client_id, eos_token_ids=self.eos_token_ids, prompt=prompt, keep_kv=keep_kv,
             )
+            equip(request, self.detokenize)
             self.scheduler.add_request(request)
             output = RequestOutput(
-                request_id, prompt, token_ids, request.output_token_ids, None, None, request.metrics
-            )
+                request_id, prompt, token_ids, request.output_token_ids, None, None, request.metrics,
+                logprobs=request.logprobs, prompt_logprobs=request.prompt_logprobs,
+            )  # fmt: skip
             self._outputs[request_id] = output
             self._swap_wait_at_add[request_id] = self.swap_manager.stats.swap_wait_time
             return output
@@ -264,8 +322,11 @@ class Engine:
         return float(arrival_time)
 
     def abort(self, request_id: str) -> RequestOutput | None:
-        """Stops a request (a client went away) and frees its KV blocks; None if it is not live."""
+        """Stops a request (a client went away) and frees its KV blocks; None if it is not live. The
+        samples forked from it (SamplingParams.n > 1) are aborted with it."""
         with self._lock:
+            for sample_id in [s for s, parent in self._fork_parent.items() if parent == str(request_id)]:
+                self.abort(sample_id)
             request = self.scheduler.abort(str(request_id), self.executor.now())
             if request is None:
                 return None
@@ -310,14 +371,18 @@ class Engine:
             for chunk in out.chunks:  # swap-ins waited for in this step's schedule: the engine was blocked
                 if chunk.request.swap_in_issued_at is not None:
                     chunk.request.metrics.sync_swap_in_time += swaps_done_at - chunk.request.swap_in_issued_at
+            forks = self._fork(out.chunks, sampled)  # n > 1; before update, which may free the parent's KV
             finished = self.scheduler.update(out, sampled, self.executor.now(), swaps_done_at)
+            now = self.executor.now()
+            finished += [child for child, token, held in forks if self.scheduler.start_forked(child, token, held, now)]
             self.num_steps += 1
             self.num_batched_tokens += out.num_batched_tokens
             for chunk in out.chunks:  # prompt tokens run (again, after a recompute)
                 prompt_end = min(chunk.num_cached + len(chunk.token_ids), chunk.request.num_prompt_tokens)
                 self.num_prompt_tokens += max(0, prompt_end - chunk.num_cached)
-            self.num_generated_tokens += sum(token is not None for token in sampled)
+            self.num_generated_tokens += sum(token is not None for token in sampled) + len(forks)
             advanced = [self._outputs[c.request.request_id] for c in out.chunks if c.sample and c.request.request_id not in errors]
+            advanced += [self._outputs[child.request_id] for child, _, _ in forks]
             for request in finished:
                 self._retire(request)
             for request in failed:
@@ -352,6 +417,43 @@ class Engine:
         with self._lock:
             self.swap_manager.close()
 
+    def _fork(self, chunks: list[ScheduledChunk], sampled: list[int | None]) -> list[tuple[Request, int, int]]:
+        """SamplingParams.n > 1: when a request's prefill has just given its first token, adds its
+        n - 1 further samples as requests whose KV is a copy of the prompt's (the prompt is computed
+        once) and samples their first tokens from the same logits. Returns (sample, first token,
+        tokens its KV holds); a sample that found no free device blocks is prefilled again later."""
+        forks: list[tuple[Request, int, int]] = []
+        for index, (chunk, token) in enumerate(zip(chunks, sampled)):
+            parent = chunk.request
+            if token is None or not parent.num_forks:
+                continue
+            held = chunk.num_cached + len(chunk.token_ids)
+            parent_output = self._outputs[parent.request_id]
+            samples, src_blocks, dst_blocks = [], [], []
+            for i in range(1, parent.num_forks + 1):
+                sample_id = f"{parent.request_id}:{i}"
+                if sample_id in self._outputs:
+                    sample_id = f"{sample_id}:{next(self._ids)}"
+                blocks = self.swap_manager.fork(parent.seq_id, sample_id, held)
+                if blocks is not None:
+                    src_blocks += blocks[0]
+                    dst_blocks += blocks[1]
+                output = self.add_request(
+                    parent.prompt_token_ids, sample_params(parent.params, i), request_id=sample_id,
+                    priority=parent.priority, client_id=parent.client_id, prompt=parent.prompt,
+                    arrival_time=parent.arrival_time,
+                )  # fmt: skip
+                sample = self.scheduler.requests[sample_id]
+                sample.prompt_logprobs = output.prompt_logprobs = parent.prompt_logprobs  # computed once
+                output.index = i
+                parent_output.forked.append(output)
+                self._fork_parent[sample_id] = parent.request_id
+                samples.append(sample)
+            parent.num_forks = 0
+            tokens = self.executor.fork(index, samples, src_blocks, dst_blocks)
+            forks += [(sample, first, held) for sample, first in zip(samples, tokens)]
+        return forks
+
     def _fail(self, request_id: str, message: str) -> Request:
         """Ends one request whose step failed (its blocks freed); the step goes on for the others."""
         request = self.scheduler.abort(request_id, self.executor.now())
@@ -364,11 +466,8 @@ class Engine:
         wait_at_add = self._swap_wait_at_add.pop(request.request_id)
         request.metrics.engine_swap_wait_time = self.swap_manager.stats.swap_wait_time - wait_at_add
         output.finish_reason = request.finish_reason
-        if self.detokenize is not None:
-            kept = request.output_token_ids
-            if request.finish_reason == "stop" and kept:
-                kept = kept[:-1]  # the stop token is not part of the text
-            output.text = self.detokenize(kept)
+        output.text, output.stop_reason = final_text(request, self.detokenize)
+        self._fork_parent.pop(request.request_id, None)
         if request.finish_reason not in ("abort", "error"):
             self.run_metrics.add(request.metrics, len(request.output_token_ids))
         self.executor.release(request.request_id)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fastswitch.models.logprobs import Logprob
+
 
 @dataclass
 class RequestMetrics:
@@ -54,6 +56,16 @@ class RequestMetrics:
 
 @dataclass
 class RequestOutput:
+    """One completion of one prompt; it fills in as the engine steps.
+
+    With SamplingParams(n=k), a prompt has k completions, each its own request in the engine: the
+    output `generate` returns (or `add_request` hands back) is completion 0, and once its prefill
+    has run, `forked` holds completions 1..k-1 (request ids "<id>:1" ...), so `samples` lists all k
+    in index order. vLLM's one RequestOutput with k CompletionOutputs maps to `samples` here; the
+    prompt's fields (and prompt_logprobs, shared) are the same on each. `finished` is one
+    completion's; `all_finished` is the prompt's.
+    """
+
     request_id: str
     prompt: str | None  # None when the caller gave token ids
     prompt_token_ids: list[int]
@@ -63,7 +75,22 @@ class RequestOutput:
     finish_reason: str | None
     metrics: RequestMetrics
     error: str | None = None  # why the engine failed this request (finish_reason "error")
+    stop_reason: int | str | None = None  # as vLLM: the stop string or stop token id that ended it (None for EOS)
+    logprobs: list[dict[int, Logprob]] | None = None  # per output token (SamplingParams.logprobs)
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None  # per prompt token, None first
+    index: int = 0  # which of the prompt's n completions
+    forked: list[RequestOutput] = field(default_factory=list)  # completions 1..n-1, on completion 0
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def samples(self) -> list[RequestOutput]:
+        """All of the prompt's completions forked so far, this one (completion 0) first."""
+        return [self, *self.forked]
+
+    @property
+    def all_finished(self) -> bool:
+        """Every completion of the prompt is done (n > 1: the forks exist once the prefill has run)."""
+        return self.finished and all(sample.finished for sample in self.forked)
