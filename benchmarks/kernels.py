@@ -34,9 +34,9 @@ from fastswitch.sim.calibrate import median_seconds
 BLOCK_SIZE = 16
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM = 32, 8, 128  # Llama-3-8B
 PEAK_BANDWIDTH = {  # bytes/s by the end of torch.cuda.get_device_name(), from the vendors' data sheets
-    "H100 80GB HBM3": 3.35e12,  # H100 SXM (REFERENCES.md)
+    "H100 80GB HBM3": 3.35e12,  # H100 SXM (docs/references.md)
     "H100 PCIe": 2.0e12,
-    "H200": 4.8e12,  # NVIDIA's H200 data sheet; not in REFERENCES.md
+    "H200": 4.8e12,  # NVIDIA's H200 data sheet (docs/references.md)
     "A100-SXM4-80GB": 2.039e12,
     "A100 80GB PCIe": 1.935e12,
     "A10": 600e9,

@@ -248,7 +248,7 @@ class Engine:
             workers.build(num_gpu_blocks, num_cpu_blocks, config.block_size, config.async_swap, config.attention_backend)
             executor, copies = workers.executor(executor), workers.copy_engine(copies)
         if device_cache.data.is_cuda and config.block_groups:
-            # A few link calls cost more than one gather at HBM speed (2-7 us per call, REFERENCES.md).
+            # A few link calls cost more than one gather at HBM speed (2-7 us per call, docs/references.md).
             kwargs.setdefault("pack_min_runs", GPU_PACK_MIN_RUNS)
         engine = cls(
             config, executor, copies, num_gpu_blocks=num_gpu_blocks, num_cpu_blocks=num_cpu_blocks,

@@ -8,7 +8,7 @@ before it in the conversation plus its own prompt, so KV reuse can apply across 
 
 `synthetic_sharegpt(...)` follows Multi-Round ShareGPT as the FastSwitch paper used it (1,000
 conversations, 5.5 turns on average, Poisson arrivals). Per-turn length percentiles of ShareGPT are
-not published, so the *shapes* below are assumptions; only the means come from sources (REFERENCES.md):
+not published, so the *shapes* below are assumptions; only the means come from sources (docs/references.md):
 - prompt and response lengths: log-normal with means 161 and 338 tokens (vLLM paper, Fig. 11, ShareGPT);
   the sigmas (1.0 and 0.8) are assumptions chosen for the heavy right tail chat traces show;
 - turns per conversation: geometric with mean 5.5 (the paper); the geometric shape is an assumption;
@@ -76,7 +76,7 @@ class Workload:
         return len({c.client_id for c in self.conversations})
 
     def summary(self) -> dict[str, float]:
-        """Means that can be checked against the sources (REFERENCES.md)."""
+        """Means that can be checked against the sources (docs/references.md)."""
         turns = [t for c in self.conversations for t in c.turns]
         n = max(len(turns), 1)
         return {
@@ -107,7 +107,7 @@ def draw_priorities(
     """Priority levels of `count` successive turns of one conversation.
 
     The FastSwitch paper takes its patterns from Yin et al. 2024 without defining them; this reading
-    is an assumption (REFERENCES.md), the same as the scheduler's run-time re-draws
+    is an assumption (docs/references.md), the same as the scheduler's run-time re-draws
     (fastswitch/sched/priority_patterns.py) but applied from turn to turn: `random` draws every level
     uniformly and independently; `markov` draws the first level uniformly, then stays with probability
     `markov_stay` or moves one level up or down (reflected at the ends), so a conversation's

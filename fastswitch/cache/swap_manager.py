@@ -78,7 +78,7 @@ class SwapManager:
     ) -> None:
         """pack_min_runs: a swap whose device side is at least this many runs, against one contiguous
         host range, goes through the pack kernel and one link copy (None: never). Worth it where a
-        copy call costs microseconds (a GPU: 2-7 us per cudaMemcpyAsync, REFERENCES.md) and the
+        copy call costs microseconds (a GPU: 2-7 us per cudaMemcpyAsync, docs/references.md) and the
         gather runs at HBM speed; on a CPU it would only add a pass over the bytes."""
         if pack_min_runs is not None and pack_min_runs < 2:
             raise ValueError(f"pack_min_runs={pack_min_runs!r} must be at least 2 (or None)")

@@ -1,7 +1,7 @@
 """Priority updates during a run: the paper's "random" and "markov" patterns.
 
 The paper (after Yin et al. 2024) re-draws priorities while requests run, at an "update frequency"
-of 0.04 (Llama-8B) or 0.02 (Qwen-32B), without defining the patterns exactly (REFERENCES.md marks
+of 0.04 (Llama-8B) or 0.02 (Qwen-32B), without defining the patterns exactly (docs/references.md marks
 this unconfirmed). This library's reading, documented here and in EngineConfig:
 
 - `priority_update_freq` is the probability, at every scheduler iteration, that priorities are

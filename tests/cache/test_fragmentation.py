@@ -1,7 +1,7 @@
 """Fragmentation under a serving-like churn: mean groups (copy calls per swap) per live sequence.
 
 The churn mimics a continuous-batching server: requests arrive with log-normal prompt and output
-lengths (ShareGPT-like means, see REFERENCES.md), every live sequence decodes one token per step, a
+lengths (ShareGPT-like means, see docs/references.md), every live sequence decodes one token per step, a
 sequence that cannot grow swaps out a random victim (all its blocks freed), and swapped-out
 sequences come back (all their blocks allocated at once). Admission keeps `headroom` of the pool
 free, which sets the occupancy. Run with `-s` to see the table.
