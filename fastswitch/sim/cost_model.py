@@ -18,6 +18,13 @@ copy of a whole block group is far cheaper than one copy per block per layer per
 the host CPU time to issue each call (`copy_call_cpu_us`) comes on top, as the calls are issued one
 after another by the thread that copies.
 
+Tensor parallelism (a shard's shape, `ModelShape.shard`): the rooflines price one GPU's share (its
+heads, KV and MLP rows; the whole LM head, which rank 0 runs), and each layer adds its two
+all-reduces of the step's activations (tokens x hidden_size) over the GPU link, priced as a ring:
+2 (n - 1) / n of the bytes over `gpu_link_gbs` (NCCL's bus-bandwidth relation, nccl-tests
+PERFORMANCE.md) plus `allreduce_latency_us`. Copies need nothing new: each GPU moves its own KV
+shard over its own host link, in parallel, so a job's bytes are one shard's.
+
 A profile with `linear_step_us` (a calibrated CPU) prices a step by that measured line instead of the
 rooflines: fixed + per token x tokens + per sequence x sequences + per 1,000 attended pairs x pairs.
 The host's own time per step (scheduler and bookkeeping, `scheduler_step_us` + `scheduler_seq_us` per
@@ -29,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fastswitch.sim.hardware import US, HardwareProfile
+from fastswitch.sim.hardware import GB, US, HardwareProfile
 from fastswitch.sim.model_shapes import ModelShape
 
 
@@ -52,18 +59,34 @@ class StepCost:
     attention_time: float
     overhead_time: float
     matmul_compute_bound: bool  # the matmuls are limited by FLOPs (prefill-heavy), not by memory (decode)
+    allreduce_time: float = 0.0  # tensor parallelism: the layers' all-reduces over the GPU link
 
     @property
     def total_time(self) -> float:
-        return self.matmul_time + self.attention_time + self.overhead_time
+        return self.matmul_time + self.attention_time + self.overhead_time + self.allreduce_time
 
 
 class CostModel:
     """Prices forward steps and copies of one model on one hardware profile."""
 
     def __init__(self, model: ModelShape, hardware: HardwareProfile) -> None:
+        if model.tensor_parallel_size > 1 and hardware.linear_step_us is not None:
+            raise ValueError(
+                f"model {model.name!r} is a tensor-parallel shard but profile {hardware.name!r} prices steps by "
+                "a line measured on one unsharded CPU process (linear_step_us)"
+            )
         self.model = model
         self.hardware = hardware
+        self.tensor_parallel_size = model.tensor_parallel_size
+
+    def allreduce_time(self, num_tokens: int) -> float:
+        """Seconds of one step's all-reduces (two per layer over tokens x hidden activations); 0 on one GPU."""
+        n, m, hw = self.tensor_parallel_size, self.model, self.hardware
+        if n == 1 or num_tokens == 0:
+            return 0.0
+        message = num_tokens * m.hidden_size * m.dtype_bytes
+        one = 2 * (n - 1) / n * message / (hw.gpu_link_gbs * GB) + hw.allreduce_latency_us * US
+        return 2 * m.num_layers * one
 
     def step_cost(self, batch: Sequence[tuple[int, int]]) -> StepCost:
         """batch: one (new tokens, cached tokens) pair per sequence of the step. An empty batch costs 0."""
@@ -101,6 +124,7 @@ class CostModel:
             attention_time=attention_time,
             overhead_time=hw.step_overhead_us * US,
             matmul_compute_bound=flop_time >= byte_time,
+            allreduce_time=self.allreduce_time(num_tokens),
         )
 
     def forward_time(self, batch: Sequence[tuple[int, int]]) -> float:

@@ -39,6 +39,16 @@ DEFAULT_MFU = 0.6  # middle of 0.5-0.7 (inference-sim hardware guide)
 DEFAULT_BANDWIDTH_EFFICIENCY = 0.7  # middle of 0.6-0.8 (inference-sim hardware guide)
 DEFAULT_STEP_OVERHEAD_US = 55.0  # middle of 50-60 us (inference-sim hardware guide)
 
+# GPU-to-GPU links, per direction, for tensor-parallel all-reduces. NVLink: the A100 datasheet gives
+# 600 GB/s of NVLink bandwidth per GPU and the H100 SXM datasheet 900 GB/s, both counting the two
+# directions together: 300 and 450 GB/s each way. PCIe cards without a bridge go peer-to-peer over
+# their PCIe 4.0 / 5.0 x16 slot, at the pinned copy rates above.
+NVLINK3_GBS = 300.0
+NVLINK4_GBS = 450.0
+# Fixed cost of one all-reduce on one node. An assumption, not a published figure: NCCL's small-message
+# all-reduces take some microseconds to tens of microseconds; 10 us, until a calibrated profile says.
+DEFAULT_ALLREDUCE_LATENCY_US = 10.0
+
 
 @dataclass(frozen=True)
 class HardwareProfile:
@@ -52,6 +62,10 @@ class HardwareProfile:
     mfu: float = DEFAULT_MFU  # fraction of peak FLOPs that matmuls reach
     bandwidth_efficiency: float = DEFAULT_BANDWIDTH_EFFICIENCY  # fraction of peak memory bandwidth reached
     step_overhead_us: float = DEFAULT_STEP_OVERHEAD_US  # fixed cost of one forward step (launches, sync)
+    # The link between GPUs of one machine, used by tensor-parallel all-reduces: GB/s per direction
+    # (NVLink or PCIe peer-to-peer; defaults to the host link's rate) and a fixed cost per all-reduce.
+    gpu_link_gbs: float | None = None
+    allreduce_latency_us: float = DEFAULT_ALLREDUCE_LATENCY_US
     # Host-side costs (measured by fastswitch.sim.calibrate on the machine that serves; 0 in the built-in
     # GPU profiles, whose 2.8 us per copy call already holds a cudaMemcpyAsync's CPU cost):
     copy_call_cpu_us: float = 0.0  # CPU time the issuing thread spends per copy call (Python + dispatch)
@@ -71,8 +85,12 @@ class HardwareProfile:
         for name in ("mfu", "bandwidth_efficiency"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must lie in (0, 1] (profile {self.name!r})")
+        if self.gpu_link_gbs is None:
+            object.__setattr__(self, "gpu_link_gbs", min(self.h2d_gbs, self.d2h_gbs))  # PCIe peer-to-peer
+        if not self.gpu_link_gbs > 0:
+            raise ValueError(f"gpu_link_gbs={self.gpu_link_gbs!r} must be > 0 (profile {self.name!r})")
         for name in ("copy_call_latency_us", "step_overhead_us", "copy_call_cpu_us", "scheduler_step_us",
-                     "scheduler_seq_us"):  # fmt: skip
+                     "scheduler_seq_us", "allreduce_latency_us"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0 (profile {self.name!r})")
         if not 0 <= self.copy_thread_contention <= 1:
@@ -134,9 +152,13 @@ PROFILES: dict[str, HardwareProfile] = {
     # NVIDIA A100 datasheet: 312 TFLOPS BF16 dense; 80 GB PCIe card at 1,935 GB/s, PCIe 4.0 x16.
     "a100-80gb-pcie": HardwareProfile("a100-80gb-pcie", 312.0, 1935.0, 80.0, PCIE4_X16_GBS, PCIE4_X16_GBS),
     # NVIDIA A100 datasheet: 80 GB SXM module at 2,039 GB/s; its host link is still PCIe 4.0 x16.
-    "a100-80gb-sxm": HardwareProfile("a100-80gb-sxm", 312.0, 2039.0, 80.0, PCIE4_X16_GBS, PCIE4_X16_GBS),
+    "a100-80gb-sxm": HardwareProfile(
+        "a100-80gb-sxm", 312.0, 2039.0, 80.0, PCIE4_X16_GBS, PCIE4_X16_GBS, gpu_link_gbs=NVLINK3_GBS
+    ),
     # NVIDIA H100 datasheet: SXM 989 TFLOPS BF16 dense, 80 GB HBM3 at 3.35 TB/s, PCIe 5.0 x16 host link.
-    "h100-sxm": HardwareProfile("h100-sxm", 989.0, 3350.0, 80.0, PCIE5_X16_GBS, PCIE5_X16_GBS),
+    "h100-sxm": HardwareProfile(
+        "h100-sxm", 989.0, 3350.0, 80.0, PCIE5_X16_GBS, PCIE5_X16_GBS, gpu_link_gbs=NVLINK4_GBS
+    ),
     # NVIDIA H100 datasheet: PCIe card 756 TFLOPS BF16 dense, 80 GB HBM2e at 2.0 TB/s, PCIe 5.0 x16.
     "h100-pcie": HardwareProfile("h100-pcie", 756.0, 2000.0, 80.0, PCIE5_X16_GBS, PCIE5_X16_GBS),
 }

@@ -1,13 +1,21 @@
 """Model shapes: the sizes of a Llama-family decoder that its FLOPs and bytes follow from.
 
 Built-in shapes come from the models' published config.json files on the Hugging Face hub
-(meta-llama/Meta-Llama-3-8B, Qwen/Qwen2.5-32B-Instruct, HuggingFaceTB/SmolLM2-135M-Instruct);
-any Hugging Face config (LlamaConfig, Qwen2Config, any PretrainedConfig with the usual field names)
-converts with `ModelShape.from_hf_config`.
+(meta-llama/Meta-Llama-3-8B, meta-llama/Meta-Llama-3-70B, Qwen/Qwen2.5-32B-Instruct,
+HuggingFaceTB/SmolLM2-135M-Instruct); any Hugging Face config (LlamaConfig, Qwen2Config, any
+PretrainedConfig with the usual field names) converts with `ModelShape.from_hf_config`.
+
+Tensor parallelism: `shape.shard(n)` (or a name with a ":tpN" suffix, "llama-3-70b:tp8") is what one
+of n GPUs holds, as fastswitch/parallel splits it: its heads, its KV heads (one, replicated, when n
+exceeds them), its MLP rows, and the whole embeddings and LM head. Every per-GPU quantity (weights,
+KV bytes per token and block, FLOPs) then follows from the same formulas; `tensor_parallel_size`
+tells the cost model how many ranks share each all-reduce of hidden_size activations.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
@@ -26,10 +34,11 @@ class ModelShape:
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # Qwen2 adds biases to q/k/v
     dtype_bytes: int = 2  # bf16/fp16 weights and KV cache
+    tensor_parallel_size: int = 1  # > 1: a shard, whose heads and intermediate_size are one rank's
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
-                     "intermediate_size", "vocab_size", "dtype_bytes"):  # fmt: skip
+                     "intermediate_size", "vocab_size", "dtype_bytes", "tensor_parallel_size"):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer (model {self.name!r})")
@@ -37,6 +46,26 @@ class ModelShape:
             raise ValueError(
                 f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads} (model {self.name!r})"
             )
+
+    def shard(self, tensor_parallel_size: int) -> "ModelShape":
+        """What one of tensor_parallel_size GPUs holds (ValueError when the model does not split so)."""
+        n = tensor_parallel_size
+        if self.tensor_parallel_size != 1:
+            raise ValueError(f"model {self.name!r} is already a shard of {self.tensor_parallel_size} GPUs")
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"tensor_parallel_size={n!r} must be a positive integer")
+        if self.num_heads % n or self.intermediate_size % n or (self.num_kv_heads % n and n % self.num_kv_heads):
+            raise ValueError(
+                f"tensor_parallel_size={n} does not split model {self.name!r} (num_heads={self.num_heads}, "
+                f"num_kv_heads={self.num_kv_heads}, intermediate_size={self.intermediate_size})"
+            )
+        if n == 1:
+            return self
+        return dataclasses.replace(
+            self, name=f"{self.name}:tp{n}", num_heads=self.num_heads // n,
+            num_kv_heads=max(1, self.num_kv_heads // n), intermediate_size=self.intermediate_size // n,
+            tensor_parallel_size=n,
+        )  # fmt: skip
 
     @property
     def q_size(self) -> int:
@@ -131,17 +160,23 @@ class ModelShape:
 MODEL_SHAPES: dict[str, ModelShape] = {
     "llama-3-8b": ModelShape("llama-3-8b", 32, 4096, 32, 8, 128, 14336, 128256),
     "qwen2.5-32b": ModelShape("qwen2.5-32b", 64, 5120, 40, 8, 128, 27648, 152064, attention_bias=True),
+    "llama-3-70b": ModelShape("llama-3-70b", 80, 8192, 64, 8, 128, 28672, 128256),
     "smollm2-135m": ModelShape("smollm2-135m", 30, 576, 9, 3, 64, 1536, 49152, tie_word_embeddings=True),
 }
 # The paper says "Qwen-32B"; Qwen2.5-32B is the shape we use for it.
-MODEL_ALIASES = {"llama3-8b": "llama-3-8b", "llama-8b": "llama-3-8b", "qwen-32b": "qwen2.5-32b",
+MODEL_ALIASES = {"llama3-8b": "llama-3-8b", "llama-8b": "llama-3-8b", "llama3-70b": "llama-3-70b",
+                 "qwen-32b": "qwen2.5-32b",
                  "qwen2.5-32b-instruct": "qwen2.5-32b", "smollm2": "smollm2-135m"}  # fmt: skip
 
 
 def get_model_shape(name_or_config: str | object) -> ModelShape:
-    """A built-in shape by name (case-insensitive, aliases allowed) or the shape of a Hugging Face config."""
+    """A built-in shape by name (case-insensitive, aliases allowed; ":tpN" for one of N tensor-parallel
+    GPUs) or the shape of a Hugging Face config."""
     if not isinstance(name_or_config, str):
         return ModelShape.from_hf_config(name_or_config)
+    split = re.fullmatch(r"(.+):tp(\d+)", name_or_config)
+    if split:
+        return get_model_shape(split.group(1)).shard(int(split.group(2)))
     key = MODEL_ALIASES.get(name_or_config.lower(), name_or_config.lower())
     if key not in MODEL_SHAPES:
         raise ValueError(f"model={name_or_config!r} is not one of {sorted(MODEL_SHAPES) + sorted(MODEL_ALIASES)}")

@@ -42,7 +42,8 @@ def test_gguf_file_loads_and_generates_like_transformers(tmp_path, monkeypatch, 
     loaded = load_model(path, progress=False)
     # head_dim 24 and 40 are not Qwen3Config's default: the file's key length must have been used.
     config = hf.config
-    assert loaded.model.head_dim == (config.head_dim if family == "qwen3" else config.hidden_size // config.num_attention_heads)
+    default_head_dim = config.hidden_size // config.num_attention_heads
+    assert loaded.model.head_dim == (config.head_dim if family == "qwen3" else default_head_dim)
     assert params_equal(loaded.model, load_model(hf, progress=False).model)
     prompt = list(range(5, 17))
     llm = LLM(path, block_size=8, attention_backend="torch")
