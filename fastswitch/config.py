@@ -7,6 +7,21 @@ Each FastSwitch mechanism is one switch, so an ablation is one flag:
   vLLM 0.3.3 does.
 - `async_swap`: swaps run on a worker thread (and CUDA stream), overlapped with the forward pass.
 - `kv_reuse`: the host keeps a conversation's KV after swap-in, so a later swap-out copies only new blocks.
+
+Two more settings make the `vllm` preset the paper's baseline rather than this library's scheduler
+with FastSwitch's mechanisms off:
+
+- `keep_turn_kv`: a finished conversation turn leaves its KV behind (on the device until memory is
+  needed, then on the host), so the next turn prefills only its new tokens. Off, every turn is a new
+  request whose whole history is prefilled again, as in vLLM 0.3.3, which has no prefix caching. A
+  conversation gives the same answers either way (greedy decoding recomputes the same KV).
+  `kv_reuse` stays meaningful without it: a request preempted more than once still swaps out only
+  the blocks added since its last swap-in. The `vllm` preset sets it off, `fastswitch` on.
+- `scheduler_mode`: "chunked" (the default) is this library's scheduler (sched/scheduler.py):
+  chunked prefill in mixed batches, preemptive admission by policy rank. "vllm-0.3.3" reproduces the
+  scheduling structure of vLLM 0.3.3 (sched/vllm_scheduler.py): prompt-only steps without chunking,
+  swapped requests resumed before waiting ones, no swap-in in a step that swaps out, a 1% free-block
+  watermark. The paper's experiments (fastswitch/sim/experiments.py) run both presets in it.
 """
 
 from __future__ import annotations
@@ -18,12 +33,13 @@ from fastswitch.sched.policies import PolicySpec, check_policy_spec
 
 PRIORITY_PATTERNS = ("random", "markov")
 PREEMPTION_MODES = ("swap", "recompute")
+SCHEDULER_MODES = ("chunked", "vllm-0.3.3")
 ATTENTION_BACKENDS = ("auto", "triton", "torch")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 PRESETS: dict[str, dict[str, bool]] = {
-    "vllm": {"block_groups": False, "async_swap": False, "kv_reuse": False},
-    "fastswitch": {"block_groups": True, "async_swap": True, "kv_reuse": True},
+    "vllm": {"block_groups": False, "async_swap": False, "kv_reuse": False, "keep_turn_kv": False},
+    "fastswitch": {"block_groups": True, "async_swap": True, "kv_reuse": True, "keep_turn_kv": True},
 }
 
 
@@ -49,6 +65,8 @@ class EngineConfig:
     vtc_input_weight: float = 1.0
     vtc_output_weight: float = 2.0
     preemption_mode: str = "swap"
+    scheduler_mode: str = "chunked"  # or "vllm-0.3.3" (module docstring)
+    keep_turn_kv: bool = True  # a finished conversation turn's KV is kept for the next turn
 
     # The three FastSwitch mechanisms.
     block_groups: bool = True
@@ -74,6 +92,7 @@ class EngineConfig:
         choices = {
             "priority_pattern": PRIORITY_PATTERNS,
             "preemption_mode": PREEMPTION_MODES,
+            "scheduler_mode": SCHEDULER_MODES,
             "attention_backend": ATTENTION_BACKENDS,
             "dtype": DTYPES,
         }

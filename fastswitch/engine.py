@@ -39,7 +39,9 @@ from fastswitch.outputs import RequestOutput
 from fastswitch.sched.conversation import Conversation
 from fastswitch.sched.metrics import RunMetrics
 from fastswitch.sched.request import Request, ScheduledChunk, SchedulerOutput
+from fastswitch.sched.priority_trace import PriorityTrace
 from fastswitch.sched.scheduler import Scheduler
+from fastswitch.sched.vllm_scheduler import VllmScheduler
 
 HOST_BLOCKS_PER_DEVICE_BLOCK = 4  # EngineConfig: num_cpu_blocks=None gives the host 4x the device pool
 GPU_PACK_MIN_RUNS = 3  # a pack kernel launch (~5 us) beats three or more copy calls of 2-7 us each
@@ -213,7 +215,9 @@ class Engine:
             asynchronous=config.async_swap, kv_reuse=config.kv_reuse, clock=executor.now,
             pack_min_runs=pack_min_runs,
         )
-        self.scheduler = Scheduler(config, self.swap_manager, max_model_len)
+        scheduler_class = VllmScheduler if config.scheduler_mode == "vllm-0.3.3" else Scheduler
+        self.scheduler = scheduler_class(config, self.swap_manager, max_model_len)
+        self.priority_trace_digest: str | None = None
         self.run_metrics = RunMetrics()
         self.num_steps = 0
         self.num_batched_tokens = 0
@@ -346,6 +350,13 @@ class Engine:
         with self._lock:
             return self.scheduler.has_unfinished
 
+    def use_priority_trace(self, trace: PriorityTrace, origin: float) -> None:
+        """Priorities from a precomputed trace (sched/priority_trace.py) whose time zero is `origin` on
+        the executor's clock, instead of per-iteration re-draws; stats() records its digest."""
+        with self._lock:
+            self.scheduler.use_priority_trace(trace, origin)
+            self.priority_trace_digest = trace.digest()
+
     # ---- the loop -------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
@@ -357,7 +368,7 @@ class Engine:
             if out.is_empty:
                 if self.swap_manager.num_in_flight:
                     self.swap_manager.wait_any()  # nothing can run until a copy lands
-                elif self.scheduler.has_unfinished:
+                elif self.scheduler.has_unfinished and not out.moved_kv:
                     raise RuntimeError(
                         f"scheduler made no progress: {len(self.scheduler.requests)} live requests, "
                         f"{self.swap_manager.num_free_device_blocks} free device blocks"
@@ -408,7 +419,9 @@ class Engine:
                 "num_free_gpu_blocks": self.swap_manager.num_free_device_blocks,
                 "num_cpu_blocks": self.swap_manager.host.num_blocks,
                 "num_free_cpu_blocks": self.swap_manager.host.num_free,
-                "num_priority_updates": self.scheduler.priority_updater.num_updates,
+                "num_priority_updates": self.scheduler.num_priority_updates,
+                "priority_trace_digest": self.priority_trace_digest,
+                "scheduler_mode": self.config.scheduler_mode,
                 **{k: v for k, v in self.run_metrics.summary().items() if k != "num_generated_tokens"},
             }
 

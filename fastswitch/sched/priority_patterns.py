@@ -6,6 +6,12 @@ this unconfirmed). This library's reading, documented here and in EngineConfig:
 
 - `priority_update_freq` is the probability, at every scheduler iteration, that priorities are
   re-drawn. 0.04 means a re-draw every 25 iterations on average.
+- Read per iteration (`PriorityUpdater`, below), a run that takes more steps sees a different
+  sequence of priorities, so two systems are not compared on the same input. A workload replay
+  therefore reads the same frequency as a rate in time instead and precomputes each conversation's
+  levels from the workload's seed (`PriorityTrace`, sched/priority_trace.py); the per-iteration
+  reading remains where no trace is given (an engine driven directly, `LLM`, the server) and as an
+  option of the replay (`replay(..., priority_trace=False)`).
 - `random`: a re-draw gives every live request a level drawn uniformly from
   `range(num_priority_levels)`.
 - `markov`: a re-draw moves every live request's level by a birth-death chain: it stays with
@@ -58,13 +64,18 @@ class PriorityUpdater:
         return True
 
     def next_level(self, level: int) -> int:
-        if self.pattern == "random":
-            return self.rng.randrange(self.num_levels)
-        if self.num_levels == 1 or self.rng.random() < self.stay_probability:
-            return level
-        step = self.rng.choice((-1, 1))
-        moved = level + step
-        if not 0 <= moved < self.num_levels:
-            moved = level - step  # reflect at the ends
-        # A level set from outside the range (a user's priority) is pulled back into it.
-        return min(max(moved, 0), self.num_levels - 1)
+        return next_level(self.rng, self.pattern, level, self.num_levels, self.stay_probability)
+
+
+def next_level(rng: random.Random, pattern: str, level: int, num_levels: int, stay_probability: float) -> int:
+    """One re-draw of a level by `pattern`, from `rng` (the per-iteration updater and the trace share it)."""
+    if pattern == "random":
+        return rng.randrange(num_levels)
+    if num_levels == 1 or rng.random() < stay_probability:
+        return level
+    step = rng.choice((-1, 1))
+    moved = level + step
+    if not 0 <= moved < num_levels:
+        moved = level - step  # reflect at the ends
+    # A level set from outside the range (a user's priority) is pulled back into it.
+    return min(max(moved, 0), num_levels - 1)

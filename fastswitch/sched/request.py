@@ -110,3 +110,9 @@ class SchedulerOutput:
     @property
     def is_empty(self) -> bool:
         return not self.chunks
+
+    @property
+    def moved_kv(self) -> bool:
+        """Whether the step swapped or dropped any KV (a step can do only that: in vLLM 0.3.3 mode a
+        step that swaps out to make room swaps nothing in, so the request it makes room for waits)."""
+        return bool(self.swapped_out or self.swapped_in or self.recomputed)

@@ -20,6 +20,10 @@ durations). Until both are known (no copy or no step timed yet) a swap of at mos
 copies already in flight waits for them rather than evicting more.
 
 The output is data (SchedulerOutput); `update` feeds the sampled tokens back.
+
+This is `scheduler_mode="chunked"`. `VllmScheduler` (sched/vllm_scheduler.py), the "vllm-0.3.3"
+mode, subclasses it and replaces only `schedule`: arrivals, the adaptive rule, preemption, updates
+and priorities (`_start_step`) are shared.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Hashable
 from fastswitch.sched.kv_space import KVSpace
 from fastswitch.sched.policies import claim_policy, make_policy, rank_key
 from fastswitch.sched.priority_patterns import PriorityUpdater
+from fastswitch.sched.priority_trace import PriorityTrace, TraceReader
 from fastswitch.sched.request import Request, RequestStatus, ScheduledChunk, SchedulerOutput
 
 
@@ -52,6 +57,7 @@ class Scheduler:
         self.requests: dict[str, Request] = {}  # live requests by id, in arrival order
         self.by_seq: dict[Hashable, Request] = {}
         self.idle_contexts: dict[Hashable, int] = {}  # conversation KV between turns -> cached tokens, LRU order
+        self.priority_trace: TraceReader | None = None  # set by use_priority_trace
         self.last_batch_size = 0
 
     # ---- arrivals and departures -------------------------------------------------------------
@@ -99,6 +105,25 @@ class Scheduler:
         if self.kv.location(seq_id) != "none":
             self.kv.drop(seq_id)
 
+    def use_priority_trace(self, trace: PriorityTrace, origin: float) -> None:
+        """Reads priorities from trace (time zero at `origin` on the engine clock) instead of re-drawing
+        them per iteration. The trace must be drawn for this config's pattern, levels and frequency."""
+        config = self.config
+        mine = (config.priority_pattern, config.num_priority_levels, config.priority_update_freq)
+        theirs = (trace.pattern, trace.num_levels, trace.update_freq)
+        if mine != theirs:
+            raise ValueError(
+                f"the priority trace is drawn for (pattern, levels, update_freq)={theirs}, "
+                f"but the engine is configured for {mine}"
+            )
+        self.priority_trace = TraceReader(trace, origin)
+
+    @property
+    def num_priority_updates(self) -> int:
+        """Per-iteration re-draws, or with a trace the readings that moved a request past a re-draw."""
+        source = self.priority_trace if self.priority_trace is not None else self.priority_updater
+        return source.num_updates
+
     @property
     def has_unfinished(self) -> bool:
         return bool(self.requests)
@@ -107,14 +132,7 @@ class Scheduler:
 
     def schedule(self, now: float) -> SchedulerOutput:
         out = SchedulerOutput()
-        for seq_id in self.kv.poll():
-            request = self.by_seq.get(seq_id)
-            if request is not None and request.swap_in_issued_at is not None:
-                request.metrics.swap_stall_time += now - request.swap_in_issued_at
-                request.swap_in_issued_at = None
-        self.priority_updater.maybe_update(self.requests.values())
-        self.policy.on_step(self.requests.values(), now)
-        order = sorted(self.requests.values(), key=self.rank)
+        order = self._start_step(now)
         budget = self.config.max_num_batched_tokens
         blocked = False  # a higher-ranked request is waiting for memory: admit nothing that needs more
         for index, request in enumerate(order):
@@ -190,6 +208,21 @@ class Scheduler:
         return self._accept_token(request, token, now)
 
     # ---- helpers -----------------------------------------------------------------------------
+
+    def _start_step(self, now: float) -> list[Request]:
+        """What every step begins with, in either scheduler mode: retire landed copies, move
+        priorities (by the trace when one is given, else per iteration), and rank the live requests."""
+        for seq_id in self.kv.poll():
+            request = self.by_seq.get(seq_id)
+            if request is not None and request.swap_in_issued_at is not None:
+                request.metrics.swap_stall_time += now - request.swap_in_issued_at
+                request.swap_in_issued_at = None
+        if self.priority_trace is not None:
+            self.priority_trace.apply(self.requests.values(), now)
+        else:
+            self.priority_updater.maybe_update(self.requests.values())
+        self.policy.on_step(self.requests.values(), now)
+        return sorted(self.requests.values(), key=self.rank)
 
     def _accept_token(self, request: Request, token: int, now: float) -> bool:
         """Appends a sampled token; finishes the request if it stops there (returns True then)."""
@@ -313,7 +346,7 @@ class Scheduler:
         del self.by_seq[request.seq_id]
         if self.kv.location(request.seq_id) == "none":
             return
-        if keep_kv:
+        if keep_kv and self.config.keep_turn_kv:
             self.idle_contexts[request.seq_id] = request.num_computed_tokens
         else:
             self.kv.drop(request.seq_id)
