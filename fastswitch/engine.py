@@ -57,6 +57,10 @@ class RequestsFailed(Exception):
 
 
 class Executor(Protocol):
+    """What the engine needs to run batches. An executor that also has `fork` (ModelExecutor's:
+    copy KV blocks, sample further samples' first tokens) serves SamplingParams(n > 1); the engine
+    refuses n > 1 on one without it. ModelExecutor also fills the requests' logprob lists."""
+
     def execute(self, chunks: list[ScheduledChunk]) -> list[int | None]:
         """Runs one batch; returns the sampled next token of every chunk with `sample` set, else None.
         May raise RequestsFailed when only some requests failed."""

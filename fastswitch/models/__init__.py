@@ -3,6 +3,7 @@
 from fastswitch.models.llama import SUPPORTED_MODEL_TYPES, AttentionBatch, LlamaForServing
 from fastswitch.models.loader import LoadedModel, load_model
 from fastswitch.models.runner import ForwardChunk, KVCacheSpec, ModelRunner, default_num_blocks, kv_cache_spec
+from fastswitch.models.logprobs import Logprob
 from fastswitch.models.sampling import Sampler, SamplingParams
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "KVCacheSpec",
     "LlamaForServing",
     "LoadedModel",
+    "Logprob",
     "ModelRunner",
     "Sampler",
     "SamplingParams",
