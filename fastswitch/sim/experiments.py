@@ -15,6 +15,10 @@ Sizing follows vLLM 0.3.3, the paper's baseline: the device KV pool is what rema
 fastswitch/sim/hardware.py) after the weights and the peak activations of a profiling forward at
 vLLM 0.3.3's token budget (max(max_model_len, 2048) tokens over max_num_seqs sequences); the host
 pool is the paper's 60 GB of swap space per GPU (vLLM's `swap_space` is in GiB: 60 GiB).
+
+Scheduling: every preset runs in `scheduler_mode="vllm-0.3.3"` (fastswitch/sched/vllm_scheduler.py),
+the structure of the paper's baseline and of FastSwitch, which was built on it; `scheduler_mode=
+"chunked"` runs this library's chunked-prefill scheduler instead, an experiment beyond the paper.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from fastswitch.sim.hardware import GIB, HardwareProfile, get_profile
 from fastswitch.sim.model_shapes import ModelShape, get_model_shape
 from fastswitch.workloads import MULTI_ROUND_SHAREGPT_MEAN_TURNS
 
-MECHANISMS = ("block_groups", "async_swap", "kv_reuse")
+MECHANISMS = ("block_groups", "async_swap", "kv_reuse", "keep_turn_kv")
 # The paper's ablation adds one mechanism at a time to the vLLM baseline.
 ABLATION_PRESETS = ("vllm", "vllm+block_groups", "vllm+block_groups+async_swap", "fastswitch")
 
@@ -51,6 +55,7 @@ class Experiment:
     engine: dict = field(default_factory=dict)  # EngineConfig overrides shared by every preset
     workload: dict = field(default_factory=dict)  # synthetic_sharegpt overrides
     description: str = ""
+    scheduler_mode: str = "vllm-0.3.3"  # EngineConfig.scheduler_mode of every preset
 
     @property
     def mean_turns(self) -> float:
@@ -94,6 +99,8 @@ class Experiment:
                 f"policy={self.engine['policy']!r}: an experiment builds one engine per (rate, seed, preset) and a "
                 "policy object keeps one engine's state; give a policy name, class or factory"
             )
+        if "scheduler_mode" in self.engine:
+            raise ValueError("set the scheduler mode with Experiment.scheduler_mode, not in its engine overrides")
         base, *extras = preset.split("+")
         unknown = [m for m in extras if m not in MECHANISMS]
         if base not in PRESETS or unknown:
@@ -103,7 +110,8 @@ class Experiment:
             )
         block_size = self.engine.get("block_size", 16)
         device_blocks, host_blocks = self.kv_pool_blocks(block_size)
-        overrides = {"num_gpu_blocks": device_blocks, "num_cpu_blocks": host_blocks, "seed": seed, **self.engine}
+        overrides = {"num_gpu_blocks": device_blocks, "num_cpu_blocks": host_blocks, "seed": seed,
+                     "scheduler_mode": self.scheduler_mode, **self.engine}  # fmt: skip
         overrides.update({m: True for m in extras})
         return EngineConfig.from_preset(base, **overrides)
 

@@ -10,6 +10,12 @@ simulated run of one workload generate the same number of tokens whatever the mo
 
 The driver is clock-agnostic: the caller passes `now`. `replay` runs a whole workload through an
 `Engine`, on the virtual clock (the simulator) or the wall clock (a real run), with a progress bar.
+
+Priorities: when the engine re-draws priorities (`priority_update_freq` > 0), `replay` gives it the
+workload's priority trace (`priority_trace_of`, sched/priority_trace.py): every conversation's level
+as a function of the workload's time, drawn from the workload's seed, so every system that replays
+one workload with the same priority settings sees the same priorities (`Engine.stats()` records the
+trace's digest). `replay(..., priority_trace=False)` keeps the per-iteration re-draws instead.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from tqdm import tqdm
 
 from fastswitch.models.sampling import SamplingParams
 from fastswitch.outputs import RequestOutput
+from fastswitch.sched.priority_trace import PriorityTrace
 from fastswitch.sched.request import Request
 from fastswitch.workloads import Conversation, Turn, Workload
 
@@ -39,6 +46,23 @@ class _Arrival:
 
 def request_id_of(conversation_id: int, turn_index: int) -> str:
     return f"conv{conversation_id}-turn{turn_index}"
+
+
+def seq_id_of(conversation_id: int) -> str:
+    """The KV sequence id every turn of a conversation shares (and its key in the priority trace)."""
+    return f"conv{conversation_id}"
+
+
+def priority_trace_of(workload: Workload, config) -> PriorityTrace | None:
+    """The priority trace of workload under config's priority settings (pattern, levels, update
+    frequency); None when config re-draws nothing. A pure function of the workload (its seed, or
+    config.seed for a workload without one, its conversations' starts and first levels) and those
+    settings, so presets that differ in anything else get the same trace."""
+    if config.priority_update_freq == 0.0:
+        return None
+    seed = workload.seed if workload.seed is not None else config.seed
+    sequences = [(seq_id_of(c.conversation_id), c.start_time, c.turns[0].priority) for c in workload.conversations]
+    return PriorityTrace(sequences, seed, config.priority_pattern, config.num_priority_levels, config.priority_update_freq)
 
 
 class WorkloadDriver:
@@ -93,7 +117,7 @@ class WorkloadDriver:
             prompt_token_ids=prompt,
             params=SamplingParams(max_tokens=turn.response_tokens, ignore_eos=True),
             arrival_time=arrival.time,
-            seq_id=f"conv{conversation.conversation_id}",
+            seq_id=seq_id_of(conversation.conversation_id),
             priority=turn.priority,
             client_id=conversation.client_id,
             eos_token_ids=self.eos_token_ids,
@@ -113,16 +137,21 @@ def replay(
     workload: Workload,
     wait_until: Callable[[float], None],
     progress: bool = False,
+    priority_trace: bool = True,
 ) -> list[RequestOutput]:
     """Runs every turn of `workload` through `engine` (a fastswitch.engine.Engine); returns the outputs
     of all turns in the order they arrived.
 
     The workload's times count from the engine executor's clock reading at the start. wait_until(t)
     is called when nothing is live and the next turn arrives at clock time t: the simulator jumps its
-    virtual clock there, a real run sleeps (`sleep_until`).
+    virtual clock there, a real run sleeps (`sleep_until`). priority_trace: read priorities from the
+    workload's trace (module docstring); False keeps the engine's per-iteration re-draws.
     """
     driver = WorkloadDriver(workload, engine.eos_token_ids)
     origin = engine.executor.now()
+    trace = priority_trace_of(workload, engine.config) if priority_trace else None
+    if trace is not None:
+        engine.use_priority_trace(trace, origin)
     outputs: list[RequestOutput] = []
     bar = tqdm(total=workload.num_turns, desc=workload.name, unit="turn", disable=not progress, leave=False)
     while not driver.done:
