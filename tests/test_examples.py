@@ -25,7 +25,8 @@ def test_serve_llama_quick_compares_presets_and_writes_plot(tmp_path, private_ca
     script = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "serve_llama", script)  # dataclasses look their module up there
     spec.loader.exec_module(script)
-    assert script.main(["--quick", "--output-dir", str(tmp_path), "--threads", "1", "--attention-backend", "torch"]) == 0
+    args = ["--quick", "--output-dir", str(tmp_path), "--threads", "1", "--attention-backend", "torch"]
+    assert script.main(args) == 0
     out = capsys.readouterr().out
     assert "== per user, vllm preset ==" in out and "== per user, fastswitch preset ==" in out
     assert "identical under both presets: True" in out

@@ -59,7 +59,7 @@ from __future__ import annotations
 import gc
 import weakref
 from collections.abc import Callable, Hashable, Iterable
-from typing import Protocol
+from typing import Protocol, TypeGuard, cast
 
 from fastswitch.sched.request import Request, RequestStatus
 
@@ -207,7 +207,7 @@ def _check_members(obj: object, methods_only: bool = False) -> None:
             raise ValueError(f"policy {obj!r}: `{attribute}` must be a {kind.__name__}, got {value!r}")
 
 
-def is_policy_object(spec: object) -> bool:
+def is_policy_object(spec: object) -> TypeGuard[SchedulingPolicy]:
     """Whether spec is a policy object itself (rather than a name, a class or a factory)."""
     return not isinstance(spec, (str, type)) and all(hasattr(spec, hook) for hook in HOOKS)
 
@@ -224,10 +224,13 @@ def check_policy_spec(spec: object) -> None:
         _check_members(spec)
 
 
-def make_policy(spec: PolicySpec = "fcfs", vtc_input_weight: float = 1.0, vtc_output_weight: float = 2.0) -> SchedulingPolicy:
+def make_policy(
+    spec: PolicySpec = "fcfs", vtc_input_weight: float = 1.0, vtc_output_weight: float = 2.0
+) -> SchedulingPolicy:
     """The policy of one engine: a new one for a name, a class or a factory; a policy object as it is.
     The VTC weights apply to the name "vtc" (a VTCPolicy object or class carries its own)."""
     check_policy_spec(spec)
+    policy: SchedulingPolicy
     if spec == "vtc":
         policy = VTCPolicy(vtc_input_weight, vtc_output_weight)
     elif isinstance(spec, str):
@@ -235,7 +238,7 @@ def make_policy(spec: PolicySpec = "fcfs", vtc_input_weight: float = 1.0, vtc_ou
     elif is_policy_object(spec):
         policy = spec
     else:
-        policy = spec()
+        policy = cast(Callable[[], SchedulingPolicy], spec)()
     _check_members(policy)
     return policy
 

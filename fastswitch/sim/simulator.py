@@ -134,6 +134,7 @@ def simulate(
     run_metrics = sim.engine.run_metrics
     return {
         **stats,
+        "policy": sim.engine.scheduler.policy.name,
         "simulated_time_s": sim.clock.now,
         "executor_busy_s": sim.executor.busy_time,
         "host_time_s": sim.executor.host_time,

@@ -7,10 +7,10 @@ from __future__ import annotations
 import random
 
 import pytest
-from fakes import make_engine, reference_output
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fakes import make_engine, reference_output
 from fastswitch.config import EngineConfig
 from fastswitch.models.sampling import SamplingParams
 from fastswitch.sched.mlfq import MLFQPolicy
@@ -109,7 +109,8 @@ def test_a_new_short_request_preempts_a_demoted_long_one(policy):
     for _ in range(20):  # 27 tokens: 7 of the 10 blocks
         engine.step()
     if policy == "mlfq":
-        assert engine.scheduler.policy.level_of(engine.scheduler.requests[long.request_id]) == 4  # joined queue 1; queues 1-3 used up
+        live = engine.scheduler.requests[long.request_id]
+        assert engine.scheduler.policy.level_of(live) == 4  # joined queue 1, then used up the quanta of 1-3
     short = engine.add_request([5] * 16, params(4))  # its prompt needs 4 blocks: only 3 are free
     engine.run_until_done()
     assert long.token_ids == reference_output([3] * 8, 24) and short.token_ids == reference_output([5] * 16, 4)

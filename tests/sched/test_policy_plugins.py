@@ -6,8 +6,8 @@ from __future__ import annotations
 import gc
 
 import pytest
-from fakes import make_engine
 
+from fakes import make_engine
 from fastswitch.config import EngineConfig
 from fastswitch.models.sampling import SamplingParams
 from fastswitch.sched import policies
@@ -100,7 +100,8 @@ def test_a_policy_missing_hooks_is_refused_naming_them():
         def on_arrival(self, request, live):
             pass
 
-    with pytest.raises(ValueError, match=r"lacks the method\(s\) \['on_step', 'on_first_admission', 'on_output_token'\]"):
+    missing = r"lacks the method\(s\) \['on_step', 'on_first_admission', 'on_output_token'\]"
+    with pytest.raises(ValueError, match=missing):
         EngineConfig(policy=Partial())
     with pytest.raises(ValueError, match=r"lacks the method\(s\) \['on_step'"):
         EngineConfig(policy=Partial)  # a class is checked before any engine makes one
@@ -159,8 +160,9 @@ def test_llm_takes_a_policy_object():
     from fastswitch.llm import LLM
 
     torch.manual_seed(0)
-    hf = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64))  # fmt: skip
+    hf_config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)  # fmt: skip
+    hf = LlamaForCausalLM(hf_config)
     policy = LastComeFirst()
     llm = LLM(hf.eval(), block_size=8, max_num_seqs=1, attention_backend="torch", policy=policy)
     outputs = llm.generate([[5, 6, 7], [8, 9], [10]], SamplingParams(max_tokens=2, ignore_eos=True))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import openai
-from server_harness import running_server
 
 from fastswitch.sched.policies import FCFSPolicy
+from server_harness import running_server
 
 
 class RecordingPolicy(FCFSPolicy):
