@@ -181,12 +181,14 @@ def test_n_samples_share_one_prefill(model):
     engine.close()
 
 
+@pytest.mark.parametrize("preset, scheduler_mode", [("fastswitch", "chunked"), ("vllm", "vllm-0.3.3")])
 @pytest.mark.parametrize("num_gpu_blocks", [64, 6, 4])
-def test_greedy_n_gives_identical_answers_under_memory_pressure(model, num_gpu_blocks):
+def test_greedy_n_gives_identical_answers_under_memory_pressure(model, num_gpu_blocks, preset, scheduler_mode):
     # 6 blocks: the samples are preempted (swapped) while they decode; 4: no room to copy the
     # prompt's KV at the fork, so the samples are prefilled again later.
     reference = generate(make_engine(model), SamplingParams(max_tokens=10, ignore_eos=True)).token_ids
-    engine = make_engine(model, num_gpu_blocks=num_gpu_blocks)
+    config = EngineConfig.from_preset(preset, block_size=8, attention_backend="torch", scheduler_mode=scheduler_mode)
+    engine = Engine.for_model(model, config, max_model_len=256, num_gpu_blocks=num_gpu_blocks, eos_token_ids=[EOS])
     output = generate(engine, SamplingParams(n=3, max_tokens=10, ignore_eos=True))
     assert [s.token_ids for s in output.samples] == [reference] * 3
     stats = engine.stats()
