@@ -329,8 +329,9 @@ class ChatSession:
         self.conversation.close()
 
     def _stop_text(self) -> str | None:
-        """The stop token that closed the last answer, already part of the context (or None)."""
+        """The stop token that closed the last answer, already part of the context (or None; a stop
+        string ends an answer on an ordinary token)."""
         last = self.turns[-1] if self.turns else None
-        if last is None or last.finish_reason != "stop" or not last.token_ids:
+        if last is None or last.finish_reason != "stop" or not last.token_ids or isinstance(last.stop_reason, str):
             return None
         return self.llm.tokenizer.decode(last.token_ids[-1:])

@@ -241,3 +241,24 @@ def test_llm_generate_with_stop_strings_and_n(tmp_path):
     for sample in outputs[0].samples:
         assert sample.text == free.text[: free.text.find(stop)] and sample.stop_reason == stop
     llm.close()
+
+
+def test_a_conversation_continues_after_a_turn_ended_by_a_stop_string(tmp_path):
+    from fastswitch.chat_template import chat_turn_tokens
+    from fastswitch.llm import LLM
+    from fastswitch.server.model_sources import tiny_random_llama
+
+    llm = LLM(tiny_random_llama(seed=0, root=tmp_path / "model"), block_size=8, attention_backend="torch")
+    chat = llm.conversation(system="Be brief.")
+    probe = chat.send("Hi", SamplingParams(max_tokens=10, ignore_eos=True))
+    chat.close()
+    stop = probe.text[3:5]
+    chat = llm.conversation(system="Be brief.")
+    first = chat.send("Hi", SamplingParams(max_tokens=10, ignore_eos=True, stop=stop))
+    assert first.stop_reason == stop and first.text == probe.text[: probe.text.find(stop)]
+    history = chat.messages + [{"role": "assistant", "content": first.text}]
+    second = chat.send("And then?", SamplingParams(max_tokens=4, ignore_eos=True))
+    context = first.prompt_token_ids + first.token_ids  # the KV holds every generated token
+    # the answer ended on an ordinary token: the template's closing marker is appended in full
+    assert second.prompt_token_ids == context + chat_turn_tokens(llm.tokenizer, history, "And then?", None)
+    llm.close()
