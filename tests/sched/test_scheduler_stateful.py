@@ -1,7 +1,8 @@
 """A hypothesis state machine over the scheduler and swap manager (through the Engine).
 
 Random arrivals, conversation turns, priority changes, aborts, engine steps and copy completions in
-random order, on a device pool far too small for the load. After every rule the block bookkeeping
+random order, on a device pool far too small for the load, in both scheduler modes, with and without
+conversation KV kept between turns. After every rule the block bookkeeping
 must balance (every allocated block belongs to a live sequence or to a copy still in flight) and
 every live request must be in exactly one place; at the end every request that was not aborted
 has exactly the output of an unconstrained run, and every block is free again.
@@ -31,12 +32,15 @@ class EngineMachine(RuleBasedStateMachine):
         policy=st.sampled_from(["fcfs", "priority", "vtc"]),
         num_cpu_blocks=st.sampled_from([6, 40]),
         seed=st.integers(0, 2**16),
+        scheduler_mode=st.sampled_from(["chunked", "vllm-0.3.3"]),
+        keep_turn_kv=st.booleans(),
     )
-    def setup(self, block_groups, async_swap, kv_reuse, mode, policy, num_cpu_blocks, seed):
+    def setup(self, block_groups, async_swap, kv_reuse, mode, policy, num_cpu_blocks, seed, scheduler_mode, keep_turn_kv):
         config = EngineConfig(
             block_size=4, num_gpu_blocks=12, num_cpu_blocks=num_cpu_blocks, max_num_seqs=4,
             max_num_batched_tokens=16, policy=policy, priority_update_freq=0.2, preemption_mode=mode,
             block_groups=block_groups, async_swap=async_swap, kv_reuse=kv_reuse, seed=seed,
+            scheduler_mode=scheduler_mode, keep_turn_kv=keep_turn_kv,
         )
         self.engine, self.pools, self.copies = make_engine(config)
         self.rng = random.Random(seed)
