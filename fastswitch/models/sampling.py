@@ -1,11 +1,16 @@
 """Sampling parameters (vLLM's meanings) and the sampler that turns a batch of logits into next tokens.
 
 `SamplingParams` validates every value when it is built (ValueError naming the value and its limit),
-so nothing a request asks for can make a step fail later. Defaults are vLLM's, except:
+so nothing a request asks for can make a step fail later. Meanings, limits and defaults are those
+of vLLM's `SamplingParams` (current main), with two differences:
 
-- `temperature` defaults to 0.0 (greedy), where vLLM's `SamplingParams` defaults to 1.0.
+- `temperature` defaults to 0.0 (greedy), where vLLM's defaults to 1.0.
 - `n > 1` with greedy sampling gives n identical answers; vLLM refuses it.
-- `max_tokens` defaults to 16 as vLLM's; None (vLLM's too) means the rest of the context.
+
+`max_tokens` defaults to 16 as in vLLM's `SamplingParams` (so `LLM.generate` too); None, as there,
+means the rest of the context (what vLLM's server does when a request omits max_tokens). As vLLM does,
+0 < temperature < 0.01 is raised to 0.01 (not made greedy), top_k -1 is stored as 0 and seed -1 as
+None; logprobs above 20 (vLLM's default max_logprobs) are refused.
 
 The Sampler follows the order of vLLM's V1 sampler, each step one tensor operation over the batch
 (no per-request loop over the vocabulary):
