@@ -56,8 +56,10 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
 
     # Scheduling. policy: a registered name ("fcfs", "priority", "vtc", "mlfq", ...), a policy object, or
-    # a class / factory making one per engine (sched/policies.py). priority_update_freq is the
-    # per-iteration probability that priorities are re-drawn.
+    # a class / factory making one per engine (sched/policies.py). priority_update_freq is the paper's
+    # per-iteration probability that priorities are re-drawn: a workload replay reads it as a rate in
+    # time through the workload's precomputed trace (sched/priority_trace.py), an engine driven
+    # directly re-draws per iteration (sched/priority_patterns.py).
     policy: PolicySpec = "fcfs"
     priority_pattern: str = "random"
     priority_update_freq: float = 0.0

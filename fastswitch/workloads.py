@@ -112,6 +112,11 @@ def draw_priorities(
     uniformly and independently; `markov` draws the first level uniformly, then stays with probability
     `markov_stay` or moves one level up or down (reflected at the ends), so a conversation's
     importance drifts slowly.
+
+    When the engine also re-draws priorities while requests run (`priority_update_freq` > 0), a
+    replay reads every level from the workload's priority trace (sched/priority_trace.py), which
+    starts each conversation at its first turn's level drawn here: later turns' levels come from the
+    trace at the time they run.
     """
     if pattern not in PRIORITY_PATTERNS:
         raise ValueError(f"priority pattern={pattern!r} is not one of {PRIORITY_PATTERNS}")

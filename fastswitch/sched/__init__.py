@@ -1,6 +1,7 @@
-"""Scheduling: requests and conversations, policies (fcfs, priority, vtc, mlfq), priority patterns, the
-preemptive scheduler and run metrics. Nothing here touches tensors: the scheduler decides, and the
-swap manager (fastswitch/cache) and the executor (fastswitch/engine.py) act."""
+"""Scheduling: requests and conversations, policies (fcfs, priority, vtc, mlfq), priority patterns and
+traces, the preemptive scheduler in two modes (chunked, vllm-0.3.3) and run metrics. Nothing here
+touches tensors: the scheduler decides, and the swap manager (fastswitch/cache) and the executor
+(fastswitch/engine.py) act."""
 
 from fastswitch.sched.conversation import Conversation
 from fastswitch.sched.kv_space import KVSpace
@@ -16,8 +17,10 @@ from fastswitch.sched.policies import (
     register_policy,
 )
 from fastswitch.sched.priority_patterns import PriorityUpdater
+from fastswitch.sched.priority_trace import PriorityTrace
 from fastswitch.sched.request import Request, RequestStatus, ScheduledChunk, SchedulerOutput
 from fastswitch.sched.scheduler import Scheduler
+from fastswitch.sched.vllm_scheduler import VllmScheduler
 
 __all__ = [
     "Conversation",
@@ -25,6 +28,7 @@ __all__ = [
     "KVSpace",
     "MLFQPolicy",
     "PriorityPolicy",
+    "PriorityTrace",
     "PriorityUpdater",
     "Request",
     "RequestStatus",
@@ -34,6 +38,7 @@ __all__ = [
     "SchedulerOutput",
     "SchedulingPolicy",
     "VTCPolicy",
+    "VllmScheduler",
     "make_policy",
     "policy_names",
     "percentile",

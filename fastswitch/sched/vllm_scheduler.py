@@ -4,9 +4,9 @@ base FastSwitch was built on, for any policy.
 It follows `Scheduler._schedule` in vllm/core/scheduler.py and `BlockSpaceManager` in
 vllm/core/block_manager.py at tag v0.3.3, step by step:
 
-1. Prompt step. Only while no request is swapped out (`if not self.swapped`), the waiting requests
-   are walked in policy order and admitted whole, never chunked, until one does not fit; if any was
-   admitted, the step runs those prompts and nothing else. A request stops the walk when
+1. Prompt step. Only while no preempted request is swapped out (`if not self.swapped`), the waiting
+   requests are walked in policy order and admitted whole, never chunked, until one does not fit; if
+   any was admitted, the step runs those prompts and nothing else. A request stops the walk when
    - `can_allocate` says LATER: its blocks would leave fewer free device blocks than the watermark
      (1% of the pool, `BlockSpaceManager(watermark=0.01)`);
    - the padded prompt batch (number of prompts x longest prompt) would exceed the token budget.
@@ -33,6 +33,11 @@ Choices where this library differs from vLLM 0.3.3, each documented:
   its front, new ones to its back: arrival order). Here every queue is sorted by the configured
   policy (fcfs, priority, vtc), which for fcfs is the same order, and a priority policy ranks the
   waiting queue too, as FastSwitch's priority scheduling on vLLM 0.3.3 must.
+- Preemptive policies: as in vLLM 0.3.3, a request is preempted only when a decode cannot get a
+  slot (or, with `keep_turn_kv`, to give back cached contexts). A waiting or swapped request that a
+  priority re-draw ranks above a running one waits for memory instead of evicting it: a policy's
+  `preemptive` flag, which lets it evict lower-ranked running requests in the chunked mode, orders
+  the queues here and picks the victims, and nothing more.
 - Preemption: vLLM 0.3.3 preempts a single sequence by recompute by default (`_preempt` picks
   RECOMPUTE when `get_max_num_running_seqs() == 1`); the paper measures context-switch (swap)
   overhead, so it must have forced swapping. `preemption_mode` decides, as in the chunked mode:
@@ -42,11 +47,14 @@ Choices where this library differs from vLLM 0.3.3, each documented:
   watermark) are rejected by `add_request` with a ValueError rather than ignored with a warning;
   `max_seq_len` is cut to that size, so a sequence also stops ("length") before it outgrows it.
 - Conversations (not in vLLM 0.3.3, where every turn is a new request): with `keep_turn_kv`, a new
-  turn whose context is still cached only prefills its new tokens in a prompt step (a context on the
-  host is swapped in first, as a swapped request); a finished turn's idle context is the first thing
-  evicted when memory runs short, then turns still waiting for their prompt step with a cached
-  context (lowest ranked first), then running requests from the back. With `keep_turn_kv` off (the
-  `vllm` preset) none of this arises: every turn prefills its whole history, as in vLLM 0.3.3.
+  turn whose context is still cached is a waiting request that prefills only its new tokens in a
+  prompt step; a context kept on the host is swapped in at the start of that step (or, overlapped,
+  before a later one), never in a step that has swapped out, and no swap-out follows a swap-in in
+  one step. Memory held by cached contexts is given back first: a finished turn's idle context,
+  then the contexts of turns ranked below the one being admitted (in a prompt step), of any waiting
+  turn (for a swap-in or a decode slot), and only then running requests from the back. With
+  `keep_turn_kv` off (the `vllm` preset) none of this arises: every turn prefills its whole
+  history, as in vLLM 0.3.3.
 - Asynchronous swaps (FastSwitch, `async_swap`): the adaptive wait-or-overlap rule of the chunked
   scheduler applies unchanged. A slot that only copies in flight will free is waited for rather than
   bought with another preemption, a swap-in that is overlapped runs from the step after its copy
