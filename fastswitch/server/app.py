@@ -67,11 +67,20 @@ def create_app(serving: ServingEngine, model_id: str | None = None,
     model_id = model_id or serving.model_name
     engine_thread = EngineThread(serving.engine)
 
+    running = 0  # lifespans entered and not left: a test client may nest one inside a server's
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine_thread.start()
-        yield
-        await asyncio.to_thread(engine_thread.stop)
+        nonlocal running
+        if running == 0:
+            engine_thread.start()  # RuntimeError once stopped: an app serves one engine's life
+        running += 1
+        try:
+            yield
+        finally:
+            running -= 1
+            if running == 0:
+                await asyncio.to_thread(engine_thread.stop)
 
     app = FastAPI(title="FastSwitch", description="OpenAI-compatible server on the FastSwitch engine",
                   lifespan=lifespan, default_response_class=OpenAIJSONResponse)  # fmt: skip
