@@ -112,14 +112,16 @@ def test_a_seeded_row_draws_the_same_whatever_shares_its_batch():
     assert batched[1] == alone[0]
 
 
-def test_draws_follow_the_distribution():
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0]]))
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
+def test_draws_follow_the_tempered_distribution(temperature):
+    probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    logits = torch.log(probs).unsqueeze(0)
     gen = torch.Generator().manual_seed(0)
-    counts = torch.zeros(4)
-    for _ in range(2000):
-        counts[Sampler().sample(logits, [SamplingParams(temperature=1.0)], [gen])[0]] += 1
+    params = [SamplingParams(temperature=temperature)] * 4000
+    counts = torch.bincount(torch.tensor(Sampler().sample(logits.expand(4000, -1), params, [gen] * 4000)), minlength=4)
+    expected = probs**(1 / temperature) / (probs**(1 / temperature)).sum()  # softmax(logits / T)
     assert counts[3] == 0
-    assert torch.allclose(counts[:3] / 2000, torch.tensor([0.5, 0.3, 0.2]), atol=0.04)
+    assert torch.allclose(counts.float() / 4000, expected, atol=0.03)
 
 
 def test_batch_shape_mismatch_is_refused():
