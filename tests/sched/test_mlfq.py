@@ -143,11 +143,13 @@ def test_mlfq_completes_every_request_with_the_right_tokens_under_preemption(spe
         assert output.finish_reason == "length" and output.token_ids == reference_output(prompt, max_tokens)
 
 
-def test_simulated_run_under_mlfq_completes_every_turn():
+@pytest.mark.parametrize("scheduler_mode", ["chunked", "vllm-0.3.3"])
+def test_simulated_run_under_mlfq_completes_every_turn(scheduler_mode):
     from fastswitch.sim import get_experiment
     from fastswitch.sim.runner import jobs_of, run_job
 
-    experiment = get_experiment("smoke").replace(num_conversations=12, presets=("fastswitch",))
+    experiment = get_experiment("smoke").replace(num_conversations=12, presets=("fastswitch",),
+                                                 scheduler_mode=scheduler_mode)  # fmt: skip
     experiment = experiment.replace(engine={**experiment.engine, "policy": "mlfq"})
     (result,) = [run_job(job, progress=False) for job in jobs_of(experiment)]
     assert result["policy"] == "mlfq" and result["num_finished_requests"] == result["num_turns"]
