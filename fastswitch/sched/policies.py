@@ -26,7 +26,9 @@ How the scheduler uses a policy (sched/scheduler.py), at every step:
    False: every request whose KV is on the device (status RUNNING) is ranked ahead of all others
    whatever `key` says, so a waiting request never evicts a running one and memory pressure only
    evicts the lowest-ranked running request (vLLM's behaviour); True: `key` alone ranks, so a
-   waiting request evicts the running requests ranked below it.
+   waiting request evicts the running requests ranked below it. (`scheduler_mode="vllm-0.3.3"`,
+   sched/vllm_scheduler.py, walks the same ranking in vLLM 0.3.3's structure, where a waiting
+   request waits for memory rather than evicting a running one.)
 4. `on_first_admission(request)`: when a request first gets a batch slot (once per request).
 5. `on_output_token(request)`: after each token sampled for it (`request.output_token_ids` already
    holds it), before the stop check.
