@@ -11,11 +11,13 @@ simulated run of one workload generate the same number of tokens whatever the mo
 The driver is clock-agnostic: the caller passes `now`. `replay` runs a whole workload through an
 `Engine`, on the virtual clock (the simulator) or the wall clock (a real run), with a progress bar.
 
-Priorities: when the engine re-draws priorities (`priority_update_freq` > 0), `replay` gives it the
-workload's priority trace (`priority_trace_of`, sched/priority_trace.py): every conversation's level
-as a function of the workload's time, drawn from the workload's seed, so every system that replays
-one workload with the same priority settings sees the same priorities (`Engine.stats()` records the
-trace's digest). `replay(..., priority_trace=False)` keeps the per-iteration re-draws instead.
+Priorities: when the engine re-draws priorities (`priority_update_freq` > 0) and the workload has a
+seed (`synthetic_sharegpt`'s always have), `replay` gives the engine the workload's priority trace
+(`priority_trace_of`, sched/priority_trace.py): every conversation's level as a function of the
+workload's time, drawn from the workload's seed, so every system that replays one workload with the
+same priority settings sees the same priorities (`Engine.stats()` records the trace's digest).
+`replay(..., priority_trace=False)`, or a workload without a seed, keeps the per-iteration re-draws,
+whose schedule does not depend on how long steps take.
 """
 
 from __future__ import annotations
@@ -55,12 +57,13 @@ def seq_id_of(conversation_id: int) -> str:
 
 def priority_trace_of(workload: Workload, config) -> PriorityTrace | None:
     """The priority trace of workload under config's priority settings (pattern, levels, update
-    frequency); None when config re-draws nothing. A pure function of the workload (its seed, or
-    config.seed for a workload without one, its conversations' starts and first levels) and those
-    settings, so presets that differ in anything else get the same trace."""
-    if config.priority_update_freq == 0.0:
+    frequency): a pure function of the workload (its seed, its conversations' starts and first
+    levels) and those settings, so presets that differ in anything else get the same trace. None
+    when config re-draws nothing, or for a workload without a seed (one built by hand), which keeps
+    the per-iteration re-draws."""
+    if config.priority_update_freq == 0.0 or workload.seed is None:
         return None
-    seed = workload.seed if workload.seed is not None else config.seed
+    seed = workload.seed
     sequences = [(seq_id_of(c.conversation_id), c.start_time, c.turns[0].priority) for c in workload.conversations]
     return PriorityTrace(sequences, seed, config.priority_pattern, config.num_priority_levels, config.priority_update_freq)
 

@@ -6,6 +6,7 @@ times it is read at, and in what order; both presets replaying one workload reco
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -94,6 +95,8 @@ def test_the_trace_of_a_workload_is_a_pure_function_of_the_workload_and_the_prio
     assert priority_trace_of(small_workload(4), vllm).digest() != digest
     assert priority_trace_of(small_workload(3), config("vllm", priority_pattern="markov")).digest() != digest
     assert priority_trace_of(small_workload(3), config("vllm", priority_update_freq=0.0)) is None
+    unseeded = dataclasses.replace(small_workload(3), seed=None)  # built by hand: nothing to draw from
+    assert priority_trace_of(unseeded, vllm) is None
 
 
 def test_both_presets_replaying_one_seed_record_the_same_trace():
