@@ -12,7 +12,12 @@ What is fitted, and from what:
   memory bandwidth (slope), hence `bandwidth_efficiency` against the base profile's peak.
 - prefill steps (compute-bound): the median of FLOPs / (time - overhead) is the effective FLOP
   rate, hence `mfu` against the base profile's peak.
-Without a base profile the measured rates become the peaks, with efficiencies of 1. The printed
+Without a base profile the measured rates become the peaks, with efficiencies of 1.
+
+On a CPU neither roofline holds; `calibrate_cpu` runs a workload through the real engine instead and
+fits a linear forward-time model, the host's time per step, the step-time jitter, copy costs and the
+copy thread's contention with the stepping thread (fastswitch/sim/host_calibration.py). The
+command line takes that path when the device is a CPU. The
 table sets every measurement beside the calibrated profile's prediction; with
 `--workload-conversations N` a small multi-turn workload then runs for real (wall clock) and in
 simulation on the calibrated profile, and their metrics are printed side by side.
@@ -205,6 +210,26 @@ def compare_with_real_run(model, shape: ModelShape, profile: HardwareProfile, wo
     return [{"metric": k, "real": float(real[k]), "simulated": float(simulated[k])} for k in keys]
 
 
+def calibrate_cpu(model, workload: Workload, max_model_len: int, name: str = "cpu", block_size: int = 16,
+                  preset: str = "fastswitch", scheduler_mode: str | None = None) -> HardwareProfile:  # fmt: skip
+    """A profile of this CPU for model (a LlamaForServing), from workload run on the real engine with a
+    device pool that holds every context at once (no swap hides in the timed steps). Attention runs on
+    the torch path, as the runs it is set beside should (Triton's interpreter is for tests only)."""
+    from fastswitch.engine import Engine
+    from fastswitch.sim.host_calibration import cpu_profile, trace_engine_run
+    from fastswitch.sim.workload_driver import sleep_until
+
+    num_blocks = len(workload.conversations) * -(-max_model_len // block_size) + 1
+    extra = {} if scheduler_mode is None else {"scheduler_mode": scheduler_mode}
+    config = EngineConfig.from_preset(preset, num_gpu_blocks=num_blocks, max_model_len=max_model_len,
+                                      block_size=block_size, policy="fcfs", attention_backend="torch",
+                                      **extra)  # fmt: skip
+    engine = Engine.for_model(model, config, max_model_len, num_blocks)
+    timings = trace_engine_run(engine, workload, sleep_until)
+    engine.close()
+    return cpu_profile(name, model, timings, block_size)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastswitch.sim.calibrate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="HF folder or .gguf (default: the embedded SmolLM2-135M)")
@@ -232,12 +257,21 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(source, dtype=args.dtype, device=device)
     element = torch.empty((), dtype=loaded.model.dtype).element_size()
     shape = ModelShape.from_hf_config(loaded.hf_config, name=str(source), dtype_bytes=element)
-    copies = measure_copies(device)
-    decodes, prefills = measure_steps(loaded.model)
-    base = get_profile(args.base) if args.base else None
-    profile = fit_profile(args.name, shape, copies, decodes, prefills, base)
-    print(format_table(prediction_rows(profile, shape, copies, decodes, prefills),
-                       ("what", "measured_ms", "predicted_ms", "error_%")))  # fmt: skip
+    if device.type == "cpu":
+        if args.base:
+            raise ValueError(f"--base {args.base}: a CPU profile is fitted without a base (no roofline)")
+        torch.set_num_threads(1)  # several threads per op stall each other on a shared machine
+        calibration = synthetic_sharegpt(8, rate=4.0, seed=1000, mean_prompt_tokens=200, mean_response_tokens=60,
+                                         think_time_mean=0.3, max_context_tokens=1024,
+                                         vocab_range=(1, loaded.model.vocab_size))  # fmt: skip
+        profile = calibrate_cpu(loaded.model, calibration, 1024, name=args.name)
+    else:
+        copies = measure_copies(device)
+        decodes, prefills = measure_steps(loaded.model)
+        base = get_profile(args.base) if args.base else None
+        profile = fit_profile(args.name, shape, copies, decodes, prefills, base)
+        print(format_table(prediction_rows(profile, shape, copies, decodes, prefills),
+                           ("what", "measured_ms", "predicted_ms", "error_%")))  # fmt: skip
     profile.to_json(args.out)
     print(f"\n{profile}\nwrote {args.out}")
     if args.workload_conversations > 0:

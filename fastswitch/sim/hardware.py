@@ -76,6 +76,10 @@ class HardwareProfile:
     # roofline holds): microseconds = fixed + per new token x tokens + per sequence x sequences + per
     # 1,000 attended (query, key) pairs x pairs / 1,000. Fitted by fastswitch.sim.calibrate.
     linear_step_us: tuple[float, float, float, float] | None = None
+    # Measured step-time jitter of a shared machine: quantiles of (measured / priced) step time. When
+    # set, each simulated step's time (host + forward) is multiplied by one of them, drawn uniformly by
+    # a generator seeded from the engine's seed (a run stays a pure function of its inputs).
+    step_jitter: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         positive = ("peak_tflops", "memory_bandwidth_gbs", "memory_gib", "h2d_gbs", "d2h_gbs")
@@ -102,6 +106,11 @@ class HardwareProfile:
                 raise ValueError(f"linear_step_us={self.linear_step_us!r} must be 4 coefficients >= 0 "
                                  f"(profile {self.name!r})")  # fmt: skip
             object.__setattr__(self, "linear_step_us", coefficients)  # a JSON list becomes the tuple
+        if self.step_jitter is not None:
+            factors = tuple(float(f) for f in self.step_jitter)
+            if not factors or min(factors) <= 0:
+                raise ValueError(f"step_jitter={self.step_jitter!r} must be factors > 0 (profile {self.name!r})")
+            object.__setattr__(self, "step_jitter", factors)
 
     @property
     def memory_bytes(self) -> int:

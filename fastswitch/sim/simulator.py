@@ -55,7 +55,7 @@ def build_simulated_engine(
     cost_model = CostModel(model, hardware)
     queues = CopyQueues(cost_model)
     contention = HostContention()
-    executor = VirtualExecutor(cost_model, clock, contention=contention)
+    executor = VirtualExecutor(cost_model, clock, contention=contention, seed=config.seed)
     copy_engine = VirtualCopyEngine(queues, clock, contention=contention)
     engine = Engine(
         config, executor, copy_engine,
@@ -90,7 +90,7 @@ def build_real_engine_on_virtual_time(
     queues = CopyQueues(cost_model)
     contention = HostContention()
     real = ModelExecutor(ModelRunner(model, device_cache, backend=config.attention_backend), Sampler(), config.seed)
-    executor = VirtualExecutor(cost_model, clock, backing=real, contention=contention)
+    executor = VirtualExecutor(cost_model, clock, backing=real, contention=contention, seed=config.seed)
     # The real copies run synchronously at submit; completion is still reported on the virtual clock.
     copy_engine = VirtualCopyEngine(queues, clock, backing=TorchCopyEngine(device_cache, host_cache),
                                     contention=contention)  # fmt: skip

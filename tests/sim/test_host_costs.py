@@ -80,3 +80,15 @@ def test_each_run_reports_its_stall_share_and_switch_latency():
     assert 0 < vllm["stall_share_p99"] < 1 and fast["stall_share_p99"] < vllm["stall_share_p99"]
     # One copy per block per layer per K/V against one per block group: switches are cheaper.
     assert fast["mean_swap_latency_s"] < vllm["mean_swap_latency_s"]
+
+
+def test_step_jitter_scales_each_step_by_a_measured_factor_drawn_from_the_seed():
+    one = Workload("one", (Conversation(0, 0, 0.0, (Turn(100, 20, 0.0),)),))
+    base = simulate(config("fastswitch"), LLAMA, A10.replace(scheduler_step_us=100.0), one)
+    doubled = simulate(config("fastswitch"), LLAMA, A10.replace(scheduler_step_us=100.0, step_jitter=(2.0,)), one)
+    assert doubled["simulated_time_s"] == pytest.approx(2 * base["simulated_time_s"])
+    spread = A10.replace(step_jitter=(0.5, 1.0, 3.0))
+    first, again = (simulate(config("fastswitch"), LLAMA, spread, BURST) for _ in range(2))
+    assert first["ttft_p99"] == again["ttft_p99"]  # the same seed draws the same factors
+    with pytest.raises(ValueError, match="step_jitter"):
+        A10.replace(step_jitter=(1.0, 0.0))

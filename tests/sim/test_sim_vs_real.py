@@ -1,0 +1,54 @@
+"""benchmarks/sim_vs_real.py --quick: the simulator, on a profile of this CPU calibrated in the same
+run, against the real engine on one multi-turn workload with preemptions, per preset.
+
+The bounds are looser than the benchmark's goal (10% at P50, 20% at P90): the real run's step times
+follow the load of this shared 2-core machine, which can change between the calibration and the
+runs a minute later, and the quick workload has only ~30 turns, so one turn moves its TTFT P50 and P90.
+A broken model still fails them: before step times were fitted on this machine (linear forward line,
+host time, jitter) the simulated figures were 2-10x off (errors 0.5-0.97)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "sim_vs_real.py"
+P50_BOUND, P90_BOUND = 0.45, 0.6
+
+
+@pytest.fixture(scope="module")
+def sim_vs_real():
+    spec = importlib.util.spec_from_file_location("sim_vs_real", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sim_vs_real"] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["sim_vs_real"]
+
+
+def test_quick_run_writes_the_errors_and_stays_within_bounds(sim_vs_real, tmp_path):
+    out = tmp_path / "errors.json"
+    assert sim_vs_real.main(["--quick", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result) == {"vllm", "fastswitch"}
+    for preset, row in result.items():
+        assert row["preemptions_real"] > 0 and row["preemptions_sim"] > 0, f"{preset}: the workload must preempt"
+        for metric in ("ttft", "tbt"):
+            assert row[f"{metric}_p50_rel_error"] <= P50_BOUND, (preset, metric, row)
+            assert row[f"{metric}_p90_rel_error"] <= P90_BOUND, (preset, metric, row)
+
+
+def test_calibration_fits_recover_known_lines():
+    from fastswitch.sim.host_calibration import StepTiming, fit_host_time, fit_linear_steps, jitter_factors, step_features
+
+    line = (500.0, 20.0, 100.0, 3.0)
+    batches = [((1, 10),), ((1, 100),) * 4, ((50, 0),), ((200, 0),), ((8, 300), (1, 40)), ((1, 500),) * 8]
+    timings = [StepTiming(b, sum(x * c for x, c in zip(step_features(b), line)) * 1e-6, (40.0 + 7.0 * len(b)) * 1e-6)
+               for b in batches]  # fmt: skip
+    assert fit_linear_steps(timings) == pytest.approx(line, rel=1e-6)
+    assert fit_host_time(timings) == pytest.approx((40.0, 7.0), rel=1e-6)
+    assert jitter_factors(timings, line, (40.0, 7.0)) == pytest.approx((1.0,) * 33)
+    with pytest.raises(ValueError, match="cannot fit 4"):
+        fit_linear_steps(timings[:3])
