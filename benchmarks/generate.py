@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
+# Run as a script, this folder comes first on sys.path, and its kernels.py would pass for the
+# `kernels` package that transformers probes for at import (and then fails to read): drop it.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import torch  # noqa: E402
 
 NUM_PROMPTS, MIN_LEN, MAX_LEN, NEW_TOKENS = 16, 100, 400, 64
 

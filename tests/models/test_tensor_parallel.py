@@ -103,15 +103,22 @@ def test_sizes_that_do_not_divide_the_model_are_refused_before_any_spawn():
         LLM(hf, tensor_parallel_size=0)
 
 
-def test_killed_worker_fails_the_engine_with_a_clear_error(tp_pair):
+def test_worker_killed_mid_step_fails_the_engine_with_a_clear_error(tp_pair, monkeypatch):
     family, hf, tp2 = tp_pair
     if family != "qwen3":  # the module's engines run family by family: qwen3's is the last one
         pytest.skip("run once, on the last engine of the module, since it breaks the engine")
-    worker = tp2.workers.processes[0]
-    os.kill(worker.pid, signal.SIGKILL)
+    workers = tp2.workers
+    send_step = workers.send_step
+
+    def send_then_kill(chunks):  # the worker dies while rank 0 runs its shard of the step
+        send_step(chunks)
+        os.kill(workers.processes[0].pid, signal.SIGKILL)
+
+    monkeypatch.setattr(workers, "send_step", send_then_kill)
     started = time.monotonic()
     with pytest.raises(WorkerFailure, match=r"worker rank 1 \(pid \d+\) died with exit code -9"):
         tp2.generate(prompts(seed=1, count=2), PARAMS)
     assert time.monotonic() - started < 15
+    monkeypatch.undo()
     with pytest.raises(WorkerFailure, match="rank 1"):  # the engine stays failed
         tp2.generate(prompts(seed=2, count=1), PARAMS)
