@@ -4,8 +4,9 @@ Handlers never take the engine's lock and never wait for a step: `submit` and `a
 in an inbox that the thread drains between steps (a submission's result, or the engine's
 ValueError, comes back through a future), and the thread publishes what handlers read: each
 request's new tokens through its asyncio queue (`call_soon_threadsafe`: the queue belongs to the
-event loop's thread), and a snapshot of the engine's counters (`stats`) at most every
-STATS_PERIOD_S while busy and whenever it goes idle.
+event loop's thread), and a snapshot of the engine's counters (`stats`) whenever it goes idle and,
+while busy, every STATS_PERIOD_S or, when computing them takes longer (the latency percentiles sort
+every finished request's times), often enough that they cost at most 1/STATS_COST_RATIO of its time.
 
 A request the engine fails alone (finish_reason "error") gets its error; the others go on. A step
 that raises fails every live request, and the thread steps on with new ones; when steps keep
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 0.1  # how often an idle loop checks for shutdown
 STATS_PERIOD_S = 0.2  # a busy engine republishes its counters at most this often
+STATS_COST_RATIO = 20  # ... and at most once per 20x the time one snapshot took
 MAX_CONSECUTIVE_FAILURES = 3  # failed steps in a row after which the engine is declared failed
 
 
@@ -79,7 +81,7 @@ class EngineThread:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._consecutive_failures = 0
-        self._published_at = 0.0
+        self._next_publish = 0.0
         self._dirty = False
         self._thread = threading.Thread(target=self._run, name="fastswitch-engine", daemon=True)
 
@@ -203,7 +205,7 @@ class EngineThread:
             if output.finished:
                 del self._subscriptions[output.request_id]
             self._publish(subscription, TokenUpdate(list(new), output.finish_reason, output.error))
-        if time.monotonic() - self._published_at >= STATS_PERIOD_S:
+        if time.monotonic() >= self._next_publish:
             self._publish_stats()
 
     def _fail_requests(self, message: str) -> None:
@@ -222,11 +224,13 @@ class EngineThread:
         self._subscriptions.clear()
 
     def _publish_stats(self) -> None:
+        started = time.monotonic()
         try:
             self.stats = self.engine.stats()
         except Exception:  # the counters stay as last published; the failure shows elsewhere
             log.exception("engine stats failed")
-        self._published_at = time.monotonic()
+        now = time.monotonic()
+        self._next_publish = now + max(STATS_PERIOD_S, STATS_COST_RATIO * (now - started))
         self._dirty = False
 
     @staticmethod
