@@ -96,9 +96,9 @@ def worker_main(rank: int, size: int, port: int, settings: WorkerSettings, conn)
             else:
                 raise TypeError(f"unexpected message {message!r}")
         state.close()
-    except BaseException:  # noqa: BLE001 - every failure is reported, then the process exits non-zero
+    except BaseException:  # every failure is reported, then the process exits non-zero
         try:
             conn.send(Failed(rank, traceback.format_exc()))
         except (OSError, EOFError):
             pass
-        raise SystemExit(1)
+        raise SystemExit(1) from None

@@ -67,11 +67,10 @@ def _kill(processes: list) -> None:
 
 
 class WorkerGroup:
-    def __init__(self, processes: list, conns: list, partition: Partition, source) -> None:
+    def __init__(self, processes: list, conns: list, partition: Partition) -> None:
         self.processes = processes  # rank r is processes[r - 1]
         self.conns = conns
         self.partition = partition  # rank 0's
-        self.source = source  # what every rank loads (a .gguf is converted once, before the spawn)
         self.failure: WorkerFailure | None = None
         self._next_job_id = 0
         self._queued: list[tuple[int, CopyJob]] = []
@@ -83,11 +82,11 @@ class WorkerGroup:
         return self.partition.size
 
     @classmethod
-    def start(cls, source, size: int, dtype, device: torch.device) -> "WorkerGroup | None":
+    def start(cls, source, size: int, dtype, device: torch.device) -> WorkerGroup | None:
         """Spawn ranks 1..size-1 and join them with this process as rank 0 (None for size 1: no workers).
         ValueError before any spawn for a model that cannot be split over size ranks or a machine
         with too few GPUs."""
-        if isinstance(source, (str, Path)) and Path(source).suffix == ".gguf":
+        if isinstance(source, (str, Path)) and Path(source).suffix == ".gguf":  # converted once, not per rank
             source = converted_gguf_folder(Path(source).expanduser())
         config = _source_config(source)
         check_supported_config(config)
@@ -122,7 +121,7 @@ class WorkerGroup:
         except BaseException:
             _kill(processes)
             raise
-        return cls(processes, conns, Partition(0, size, group), source)
+        return cls(processes, conns, Partition(0, size, group))
 
     @staticmethod
     def _connect_rank0(store, size: int, device: torch.device, processes: list, conns: list):
@@ -133,7 +132,7 @@ class WorkerGroup:
         def join() -> None:
             try:
                 result["group"] = connect(store, 0, size, store.port, device)
-            except BaseException as error:  # noqa: BLE001 - handed to the waiting thread
+            except BaseException as error:
                 result["error"] = error
 
         thread = threading.Thread(target=join, name="fastswitch-tp-connect", daemon=True)

@@ -4,10 +4,10 @@ import os
 
 import pytest
 import torch
-from tiny_llamas import TINY_QWEN_VARIANTS, TINY_VARIANTS, tiny_variant
 
 from fastswitch.llm import LLM
 from fastswitch.models import SamplingParams
+from tiny_llamas import TINY_QWEN_VARIANTS, TINY_VARIANTS, tiny_variant
 
 PROMPT_LENGTHS = (3, 11, 26, 7)
 MAX_TOKENS = 10

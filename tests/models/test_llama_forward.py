@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from tiny_llamas import TINY_QWEN_VARIANTS, TINY_VARIANTS, tiny_config, tiny_llama, tiny_variant
 from transformers import GPT2Config, LlamaConfig
 
 from fastswitch.cache import KVCache
 from fastswitch.models import ForwardChunk, LlamaForServing, ModelRunner, load_model
 from fastswitch.models.llama import check_supported_config, max_supported_len
+from tiny_llamas import TINY_QWEN_VARIANTS, TINY_VARIANTS, tiny_config, tiny_llama, tiny_variant
 
 BLOCK_SIZE = 8
 

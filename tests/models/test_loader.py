@@ -6,12 +6,12 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_llamas import tiny_llama
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from fastswitch.models import load_model
 from fastswitch.models.gguf_cache import cache_entry, converted_gguf_folder
 from fastswitch.models.loader import resolve_dtype
+from tiny_llamas import tiny_llama
 
 
 def params_equal(a, b) -> bool:
@@ -51,7 +51,8 @@ def test_shape_mismatch_names_the_tensor_and_the_config(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     config["intermediate_size"] = 96  # the weights were made with 128
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"mlp\.\w+_proj\.weight' has shape .*but the config implies.*intermediate_size=96"):
+    implied = r"mlp\.\w+_proj\.weight' has shape .*but the config implies.*intermediate_size=96"
+    with pytest.raises(ValueError, match=implied):
         load_model(tmp_path, progress=False)
 
 

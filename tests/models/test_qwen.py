@@ -4,13 +4,13 @@ and test_llama_forward.py, over the same tiny variants."""
 
 import pytest
 import torch
-from tiny_llamas import TINY_QWEN_VARIANTS, tiny_qwen, tiny_qwen_config
 from transformers import GemmaConfig
 
 from fastswitch.cache import KVCache
 from fastswitch.llm import LLM
 from fastswitch.models import ForwardChunk, LlamaForServing, ModelRunner, SamplingParams, load_model
 from fastswitch.models.llama import check_supported_config, max_supported_len
+from tiny_llamas import TINY_QWEN_VARIANTS, tiny_qwen, tiny_qwen_config
 
 
 def params_equal(a, b) -> bool:

@@ -4,10 +4,10 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from tiny_llamas import tiny_llama
 
 from fastswitch.cache import KVCache
 from fastswitch.models import ForwardChunk, ModelRunner, default_num_blocks, kv_cache_spec, load_model
+from tiny_llamas import tiny_llama
 
 BLOCK_SIZE, NUM_BLOCKS = 8, 24
 

@@ -11,11 +11,11 @@ import time
 
 import pytest
 import torch
-from tiny_llamas import tiny_llama, tiny_qwen
 
 from fastswitch.llm import LLM
 from fastswitch.models import SamplingParams
 from fastswitch.parallel.workers import WorkerFailure
+from tiny_llamas import tiny_llama, tiny_qwen
 
 PARAMS = SamplingParams(max_tokens=10, ignore_eos=True)
 # A storm (as in tests/test_engine.py): a cache far too small for the load, priorities re-drawn often.
