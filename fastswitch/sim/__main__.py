@@ -7,6 +7,7 @@ Examples:
     python -m fastswitch.sim ablation-llama8b-a10 --conversations 300
     python -m fastswitch.sim rate-sweep-llama8b-a10 --processes 4
     python -m fastswitch.sim qwen32b-a100 --ray-address auto      # Ray cluster, when ray is installed
+    python -m fastswitch.sim llama8b-a10 --seeds 0 1 2 --ray-address local --processes 2   # a local Ray instance
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, help="requests (turns) per second (paper: 1); conversations start at rate / 5.5")
     parser.add_argument("--rates", type=float, nargs="+", help="sweep over these request rates")
     parser.add_argument("--seeds", type=int, nargs="+", help="workload and engine seeds")
-    parser.add_argument("--processes", type=int, help="local worker processes (default: one per core)")
-    parser.add_argument("--ray-address", help="run the jobs as Ray tasks on this cluster (needs ray)")
+    parser.add_argument("--processes", type=int, help="local worker processes, or the CPUs of a local Ray instance "
+                        "(default: one per core)")
+    parser.add_argument("--ray-address", help="run the jobs as Ray tasks on this cluster ('auto', 'ray://host:port'), "
+                        "or 'local' to start an instance for the run (needs ray)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--no-plots", action="store_true", help="skip the matplotlib figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
