@@ -6,7 +6,9 @@ the priority scheduler keeps switching: a low-priority conversation is swapped o
 when a more urgent one needs room, and swapped back in later. The same workload runs under the
 `vllm` preset (block-by-block synchronous copies, no reuse) and the `fastswitch` preset (block
 groups, asynchronous swaps, KV reuse across turns); greedy decoding makes the answers identical, so
-only the cost of the context switches differs.
+only the cost of the context switches differs. Both keep each conversation's KV between turns
+(`keep_turn_kv=True`), so that both switch contexts: the `vllm` preset alone would drop it and prefill
+the whole history every turn, as vLLM 0.3.3 did.
 
     python examples/serve_llama.py                      # SmolLM2-135M-Instruct, a few minutes on a CPU
     python examples/serve_llama.py --model ~/llama-3.2-1b-instruct --users 6 --turns 4
@@ -76,7 +78,7 @@ def run_preset(loaded, model_name: str, preset: str, args: argparse.Namespace) -
     serving = ServingEngine.for_loaded(
         loaded, model_name, preset, num_gpu_blocks=args.kv_blocks, max_model_len=args.max_model_len,
         policy="priority", priority_update_freq=args.priority_update_freq, attention_backend=args.attention_backend,
-        seed=args.seed,
+        seed=args.seed, keep_turn_kv=True,
     )  # fmt: skip
     engine, params = serving.engine, SamplingParams(max_tokens=args.max_tokens)
     users = USERS[: args.users]
