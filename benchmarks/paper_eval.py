@@ -76,13 +76,13 @@ def main() -> None:
                                              "over_seeds": summarize(results, BASELINE_PRESET)}  # fmt: skip
         summary_rows += [{"experiment": exp.name, **row} for row in summarize(results, BASELINE_PRESET)
                          if row["preset"] != BASELINE_PRESET]  # fmt: skip
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(document, indent=1) + "\n")  # after each experiment: a long run keeps its part
 
     print("\n== improvement over vllm (x, > 1 is better, mean over seeds), beside the paper's claims\n")
     claims = {f"{name}_x": claim for name, claim in PAPER_CLAIMS.items()}
     print(format_table(summary_rows + [{"experiment": "paper", "preset": "fastswitch", **claims}],
                        ("experiment", "rate", "preset", "offered_tokens_per_s", "served_tokens_per_s", *claims)))  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(document, indent=1) + "\n")
     print(f"\nwrote {args.out}")
 
 
