@@ -123,7 +123,7 @@ class EngineConfig:
             )
 
     @classmethod
-    def from_preset(cls, preset: str = "fastswitch", **overrides) -> "EngineConfig":
+    def from_preset(cls, preset: str = "fastswitch", **overrides) -> EngineConfig:
         if preset not in PRESETS:
             raise ValueError(f"preset={preset!r} is not one of {tuple(PRESETS)}")
         known = {f.name for f in dataclasses.fields(cls)}

@@ -28,14 +28,13 @@ and priorities (`_start_step`) are shared.
 
 from __future__ import annotations
 
-from typing import Hashable
+from collections.abc import Hashable
 
 from fastswitch.sched.kv_space import KVSpace
 from fastswitch.sched.policies import claim_policy, make_policy, rank_key
 from fastswitch.sched.priority_patterns import PriorityUpdater
 from fastswitch.sched.priority_trace import PriorityTrace, TraceReader
 from fastswitch.sched.request import Request, RequestStatus, ScheduledChunk, SchedulerOutput
-
 
 STEP_TIME_WEIGHT = 0.2  # weight of the newest step in the step-time average: follows batch growth within a few steps
 

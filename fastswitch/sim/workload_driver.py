@@ -65,7 +65,9 @@ def priority_trace_of(workload: Workload, config) -> PriorityTrace | None:
         return None
     seed = workload.seed
     sequences = [(seq_id_of(c.conversation_id), c.start_time, c.turns[0].priority) for c in workload.conversations]
-    return PriorityTrace(sequences, seed, config.priority_pattern, config.num_priority_levels, config.priority_update_freq)
+    return PriorityTrace(
+        sequences, seed, config.priority_pattern, config.num_priority_levels, config.priority_update_freq
+    )
 
 
 class WorkloadDriver:

@@ -35,7 +35,9 @@ class EngineMachine(RuleBasedStateMachine):
         scheduler_mode=st.sampled_from(["chunked", "vllm-0.3.3"]),
         keep_turn_kv=st.booleans(),
     )
-    def setup(self, block_groups, async_swap, kv_reuse, mode, policy, num_cpu_blocks, seed, scheduler_mode, keep_turn_kv):
+    def setup(
+        self, block_groups, async_swap, kv_reuse, mode, policy, num_cpu_blocks, seed, scheduler_mode, keep_turn_kv
+    ):
         config = EngineConfig(
             block_size=4, num_gpu_blocks=12, num_cpu_blocks=num_cpu_blocks, max_num_seqs=4,
             max_num_batched_tokens=16, policy=policy, priority_update_freq=0.2, preemption_mode=mode,

@@ -33,7 +33,8 @@ class StepLog:
         schedule = scheduler.schedule
 
         def logged(now):
-            swapped = [r.request_id for r in scheduler.requests.values() if decoding(r) and kv.location(r.seq_id) == "host"]
+            live = scheduler.requests.values()
+            swapped = [r.request_id for r in live if decoding(r) and kv.location(r.seq_id) == "host"]
             kinds = {r.request_id: decoding(r) for r in scheduler.requests.values()}
             out = schedule(now)
             self.steps.append({
@@ -196,7 +197,8 @@ def test_fastswitch_mechanisms_still_apply_in_vllm_mode():
     runs = {}
     for preset in ("vllm", "fastswitch"):
         config = EngineConfig.from_preset(preset, num_gpu_blocks=40, num_cpu_blocks=400, max_model_len=640,
-                                          policy="priority", priority_update_freq=0.2, scheduler_mode="vllm-0.3.3")  # fmt: skip
+                                          policy="priority", priority_update_freq=0.2,
+                                          scheduler_mode="vllm-0.3.3")  # fmt: skip
         runs[preset] = simulate(config, get_model_shape("llama-3-8b"), get_profile("a10"), workload)
     vllm, fast = runs["vllm"], runs["fastswitch"]
     swaps = fast["swap_out_count"] + fast["swap_in_count"]
