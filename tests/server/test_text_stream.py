@@ -46,3 +46,42 @@ def test_text_from_the_stop_string_on_is_never_sent(before, stop, after, step):
     expected = before + stop + after
     assert stream.stopped
     assert sent == expected[: expected.index(stop)]
+
+
+@given(text=texts, split_points=st.lists(st.integers(0, 200), max_size=8))
+def test_windowed_decoding_gives_what_decoding_the_whole_output_gives(tiny_model, text, split_points):
+    tokenizer = _tokenizer(tiny_model)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    decode = lambda t: tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
+    cuts = sorted({min(p, len(ids)) for p in split_points} | {0, len(ids)})
+    stream = TextStream(decode)
+    pieces = [stream.push(ids[start:end], "length" if end == len(ids) else None) for start, end in zip(cuts, cuts[1:])]
+    pieces.append(stream.push([], "length"))
+    assert "".join(pieces) == decode(ids) == text
+
+
+def test_each_update_decodes_a_window_not_the_whole_output():
+    decoded = []
+
+    def counting_decode(ids: list[int]) -> str:
+        decoded.append(len(ids))
+        return decode_bytes(ids)
+
+    stream = TextStream(counting_decode)
+    ids = list(("long answer " * 200).encode())
+    for token in ids:
+        stream.push([token], None)
+    stream.push([], "length")
+    assert stream.sent == "long answer " * 200
+    assert sum(decoded) <= 4 * len(ids)  # a full re-decode per token would be len(ids)**2 / 2
+
+
+_TOKENIZERS = {}
+
+
+def _tokenizer(folder):
+    from transformers import AutoTokenizer
+
+    if folder not in _TOKENIZERS:
+        _TOKENIZERS[folder] = AutoTokenizer.from_pretrained(folder)
+    return _TOKENIZERS[folder]
