@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-
 # Run as a script, this folder comes first on sys.path, and its kernels.py would shadow the `kernels`
 # package that transformers probes for at import: leave the folder out.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -81,8 +80,8 @@ def main() -> None:
 
     print("\n== improvement over vllm (x, > 1 is better, mean over seeds), beside the paper's claims\n")
     claims = {f"{name}_x": claim for name, claim in PAPER_CLAIMS.items()}
-    print(format_table(summary_rows + [{"experiment": "paper", "preset": "fastswitch", **claims}],
-                       ("experiment", "rate", "preset", "offered_tokens_per_s", "served_tokens_per_s", *claims)))  # fmt: skip
+    columns = ("experiment", "rate", "preset", "offered_tokens_per_s", "served_tokens_per_s", *claims)
+    print(format_table(summary_rows + [{"experiment": "paper", "preset": "fastswitch", **claims}], columns))
     print(f"\nwrote {args.out}")
 
 

@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = compare(QUICK if args.quick else FULL, args.seed, args.scheduler_mode)
     rows = [{"preset": preset, **values} for preset, values in result.items()]
-    print(format_table(rows, ("preset", *(f"{n}_p{q}_{k}" for n in ("ttft", "tbt") for q in QUANTILES
-                                          for k in ("real_s", "sim_s", "rel_error")), "preemptions_real", "preemptions_sim")))
+    columns = [f"{n}_p{q}_{k}" for n in ("ttft", "tbt") for q in QUANTILES for k in ("real_s", "sim_s", "rel_error")]
+    print(format_table(rows, ("preset", *columns, "preemptions_real", "preemptions_sim")))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")

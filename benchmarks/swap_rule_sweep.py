@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import statistics
+import sys
 from pathlib import Path
-
 
 # Run as a script, this folder comes first on sys.path, and its kernels.py would shadow the `kernels`
 # package that transformers probes for at import: leave the folder out.

@@ -65,7 +65,7 @@ class Experiment:
         """Conversation arrivals per second that give request_rate turns per second on average."""
         return request_rate / self.mean_turns
 
-    def replace(self, **changes) -> "Experiment":
+    def replace(self, **changes) -> Experiment:
         return dataclasses.replace(self, **changes)
 
     def model_shape(self) -> ModelShape:

@@ -134,14 +134,14 @@ class HardwareProfile:
             return self.d2h_gbs * GB
         raise ValueError(f"direction={direction!r} is not one of ('h2d', 'd2h')")
 
-    def replace(self, **changes) -> "HardwareProfile":
+    def replace(self, **changes) -> HardwareProfile:
         return dataclasses.replace(self, **changes)
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "HardwareProfile":
+    def from_json(cls, path: str | Path) -> HardwareProfile:
         data = json.loads(Path(path).read_text())
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)

@@ -47,7 +47,7 @@ class ModelShape:
                 f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads} (model {self.name!r})"
             )
 
-    def shard(self, tensor_parallel_size: int) -> "ModelShape":
+    def shard(self, tensor_parallel_size: int) -> ModelShape:
         """What one of tensor_parallel_size GPUs holds (ValueError when the model does not split so)."""
         n = tensor_parallel_size
         if self.tensor_parallel_size != 1:
@@ -128,7 +128,7 @@ class ModelShape:
         return self.kv_bytes_per_token * block_size
 
     @classmethod
-    def from_hf_config(cls, config: object, name: str | None = None, dtype_bytes: int | None = None) -> "ModelShape":
+    def from_hf_config(cls, config: object, name: str | None = None, dtype_bytes: int | None = None) -> ModelShape:
         """Shape of any Hugging Face decoder config with Llama's field names (LlamaConfig, Qwen2Config...)."""
         missing = [f for f in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
                                "vocab_size") if getattr(config, f, None) is None]  # fmt: skip

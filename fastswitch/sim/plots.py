@@ -14,11 +14,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from fastswitch.sim.report import HEADLINE_METRICS  # noqa: E402
-from fastswitch.sim.runner import comparison_rows  # noqa: E402
+from fastswitch.sim.report import HEADLINE_METRICS
+from fastswitch.sim.runner import comparison_rows
 
 
 def plot_latency_cdfs(results: Sequence[dict], path: Path) -> Path:

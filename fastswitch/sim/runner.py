@@ -148,7 +148,8 @@ def render_tables(results: Sequence[dict]) -> str:
         text += format_table(rows, ("rate", "seed", "preset", *HEADLINE_METRICS))
         if several_seeds:
             ratio_names = [name for name, better in RUN_METRICS.items() if better is not None]
-            ratio_rows = [{**row, "preset": f"{row['preset']} / vllm"} for row in summary if row["preset"] != BASELINE_PRESET]
+            ratio_rows = [{**row, "preset": f"{row['preset']} / vllm"}
+                          for row in summary if row["preset"] != BASELINE_PRESET]  # fmt: skip
             text += "\n\nimprovement over vllm (x, > 1 is better), mean [min-max] over seeds, with the load\n"
             cells = with_range(ratio_rows, [f"{name}_x" for name in ratio_names] + list(LOAD_COLUMNS))
             text += format_table(cells, ("rate", "preset", *LOAD_COLUMNS, *(f"{n}_x" for n in ratio_names)))

@@ -2,8 +2,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from fastswitch.models.loader import load_model
 from fastswitch.config import EngineConfig
+from fastswitch.models.loader import load_model
 from fastswitch.sim.calibrate import (
     StepMeasurement,
     compare_with_real_run,
@@ -13,10 +13,10 @@ from fastswitch.sim.calibrate import (
     measure_steps,
     prediction_rows,
 )
-from fastswitch.workloads import synthetic_sharegpt
 from fastswitch.sim.cost_model import CostModel
 from fastswitch.sim.hardware import HardwareProfile
 from fastswitch.sim.model_shapes import ModelShape, get_model_shape
+from fastswitch.workloads import synthetic_sharegpt
 
 SHAPE = get_model_shape("smollm2-135m")
 # Ridge point 5e12 / 5e10 = 100 FLOP/B: decodes of up to 32 sequences are memory-bound and 256+ token

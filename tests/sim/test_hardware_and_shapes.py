@@ -21,9 +21,10 @@ def test_effective_rates_apply_the_efficiency_factors():
 
 
 def test_profile_json_round_trip(tmp_path):
-    calibrated = get_profile("a10").replace(name="my-a10", mfu=0.42, h2d_gbs=21.5, copy_call_cpu_us=6.5,
-                                            copy_thread_contention=0.3, scheduler_step_us=800.0,
-                                            scheduler_seq_us=12.0, linear_step_us=(900.0, 40.0, 150.0, 0.7))  # fmt: skip
+    calibrated = get_profile("a10").replace(
+        name="my-a10", mfu=0.42, h2d_gbs=21.5, copy_call_cpu_us=6.5, copy_thread_contention=0.3,
+        scheduler_step_us=800.0, scheduler_seq_us=12.0, linear_step_us=(900.0, 40.0, 150.0, 0.7),
+    )
     path = tmp_path / "my-a10.json"
     calibrated.to_json(path)
     assert get_profile(path) == calibrated and get_profile(path).linear_step_us == (900.0, 40.0, 150.0, 0.7)
@@ -34,8 +35,9 @@ def test_profile_json_round_trip(tmp_path):
 
 @pytest.mark.parametrize(
     "changes, fragment",
-    [({"mfu": 1.5}, "mfu=1.5"), ({"peak_tflops": 0.0}, "peak_tflops=0.0"), ({"copy_call_latency_us": -1.0}, "copy_call_latency_us=-1.0"),
-     ({"memory_gib": 0.0}, "memory_gib=0.0"), ({"copy_thread_contention": 1.5}, "copy_thread_contention=1.5"),
+    [({"mfu": 1.5}, "mfu=1.5"), ({"peak_tflops": 0.0}, "peak_tflops=0.0"),
+     ({"copy_call_latency_us": -1.0}, "copy_call_latency_us=-1.0"), ({"memory_gib": 0.0}, "memory_gib=0.0"),
+     ({"copy_thread_contention": 1.5}, "copy_thread_contention=1.5"),
      ({"scheduler_seq_us": -2.0}, "scheduler_seq_us=-2.0")],  # fmt: skip
 )
 def test_bad_profile_values_raise(changes, fragment):

@@ -38,7 +38,8 @@ def test_a_per_call_cost_makes_a_synchronous_run_slower_by_calls_times_cost():
 def test_scheduler_time_is_charged_per_step_and_per_sequence():
     base = simulate(config("fastswitch"), LLAMA, A10, BURST)
     charged = simulate(config("fastswitch"), LLAMA, A10.replace(scheduler_step_us=200.0, scheduler_seq_us=10.0), BURST)
-    assert charged["num_forwards"] == base["num_forwards"] and charged["num_batched_tokens"] == base["num_batched_tokens"]
+    assert charged["num_forwards"] == base["num_forwards"]
+    assert charged["num_batched_tokens"] == base["num_batched_tokens"]
     assert base["host_time_s"] == 0.0
     seq_steps = charged["host_time_s"] * 1e6 - 200.0 * charged["num_forwards"]  # the per-sequence part
     assert seq_steps > 0 and seq_steps / 10.0 == pytest.approx(round(seq_steps / 10.0), abs=1e-3)

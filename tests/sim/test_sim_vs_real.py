@@ -41,7 +41,13 @@ def test_quick_run_writes_the_errors_and_stays_within_bounds(sim_vs_real, tmp_pa
 
 
 def test_calibration_fits_recover_known_lines():
-    from fastswitch.sim.host_calibration import StepTiming, fit_host_time, fit_linear_steps, jitter_factors, step_features
+    from fastswitch.sim.host_calibration import (
+        StepTiming,
+        fit_host_time,
+        fit_linear_steps,
+        jitter_factors,
+        step_features,
+    )
 
     line = (500.0, 20.0, 100.0, 3.0)
     batches = [((1, 10),), ((1, 100),) * 4, ((50, 0),), ((200, 0),), ((8, 300), (1, 40)), ((1, 500),) * 8]
