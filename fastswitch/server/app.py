@@ -21,8 +21,6 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import AsyncIterator
-from concurrent.futures import Future
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -31,12 +29,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fastswitch.models.sampling import SamplingParams
 from fastswitch.server import protocol as p
 from fastswitch.server.body_limit import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
-from fastswitch.server.engine_thread import EngineFailed, EngineThread, Subscription
+from fastswitch.server.engine_thread import EngineThread
+from fastswitch.server.generation import Generation, sampling_params
+from fastswitch.server.info_routes import add_info_routes, check_model, model_card
+from fastswitch.server.metrics import add_metrics_route
+from fastswitch.server.responses import Shape, sse_events, whole_answer
 from fastswitch.server.serving_engine import ServingEngine
-from fastswitch.server.text_stream import TextStream
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def create_app(serving: ServingEngine, model_id: str | None = None,
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
         cause = first.get("ctx", {}).get("error")
-        if isinstance(cause, p.LoneSurrogate):
+        if isinstance(cause, p.FieldError):
             return error_response(p.OpenAIError(str(cause), param=cause.param))
         param = ".".join(str(x) for x in first["loc"] if x != "body") or None
         return error_response(p.OpenAIError(f"{param or 'body'}: {first['msg']}", param=param))
@@ -117,9 +117,10 @@ def create_app(serving: ServingEngine, model_id: str | None = None,
 
     @app.get("/v1/models", responses=ERROR_RESPONSES)
     async def models() -> dict:
-        card = {"id": model_id, "object": "model", "created": 0, "owned_by": "fastswitch",
-                "max_model_len": serving.max_model_len}  # fmt: skip
-        return {"object": "list", "data": [card]}
+        return {"object": "list", "data": [model_card(model_id, serving.max_model_len)]}
+
+    add_info_routes(app, serving, model_id, ERROR_RESPONSES)
+    add_metrics_route(app, engine_thread)
 
     @app.get("/health", responses=ERROR_RESPONSES)
     async def health():
@@ -139,181 +140,60 @@ def create_app(serving: ServingEngine, model_id: str | None = None,
 
     @app.post("/v1/completions", responses=GENERATION_RESPONSES)
     async def completions(body: p.CompletionRequest, request: Request):
-        body.check_supported()
-        _check_model(body.model, model_id)
-        stops = body.stop_strings
-        token_ids = await _completion_prompt(serving, body.prompt)
-        return await _respond(request, body, token_ids, stops, p.DEFAULT_COMPLETION_MAX_TOKENS, chat=False)
+        check_model(body.model, model_id)
+        add_special = body.add_special_tokens is not False
+        prompts = [await _prompt_ids(serving, prompt, add_special) for prompt in body.prompts()]
+        echo = None
+        if body.echo:
+            echo = [prompt if isinstance(prompt, str) else serving.decode(ids) for prompt, ids in zip(body.prompts(), prompts)]
+        # echo with logprobs shows the prompt's too, as vLLM does
+        prompt_logprobs = body.logprobs if body.echo and body.logprobs is not None else body.prompt_logprobs
+        return await _generate(request, body, prompts, p.DEFAULT_COMPLETION_MAX_TOKENS, False, echo, prompt_logprobs)
 
     @app.post("/v1/chat/completions", responses=GENERATION_RESPONSES)
     async def chat_completions(body: p.ChatCompletionRequest, request: Request):
-        body.check_supported()
-        _check_model(body.model, model_id)
-        stops = body.stop_strings
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        check_model(body.model, model_id)
+        messages = [m.for_template() for m in body.messages]
         try:
-            token_ids = await asyncio.to_thread(serving.encode_chat, messages)
+            token_ids = await asyncio.to_thread(
+                serving.encode_chat, messages, body.add_generation_prompt, body.continue_final_message,
+                body.chat_template_kwargs or {}, bool(body.add_special_tokens),
+            )  # fmt: skip
         except ValueError as exc:
             raise p.OpenAIError(str(exc), param="messages") from exc
-        if body.max_completion_tokens is not None:
-            body.max_tokens = body.max_completion_tokens
-        return await _respond(request, body, token_ids, stops, p.DEFAULT_CHAT_MAX_TOKENS, chat=True)
+        return await _generate(request, body, [token_ids], p.DEFAULT_CHAT_MAX_TOKENS, True, None, body.prompt_logprobs)
 
-    async def _respond(request: Request, body: p.SamplingFields, token_ids: list[int], stops: list[str],
-                       default_max: int, chat: bool):  # fmt: skip
-        params = _sampling_params(body, len(token_ids), serving.max_model_len, default_max)
+    async def _generate(request: Request, body: p.SamplingFields, prompts: list[list[int]], default_max: int,
+                        chat: bool, echo: list[str] | None, prompt_logprobs: int | None):  # fmt: skip
+        if body.truncate_prompt_tokens is not None:
+            prompts = [ids[-body.truncate_prompt_tokens :] for ids in prompts]
+        lens = [len(ids) for ids in prompts]
+        params = sampling_params(body, lens, serving.max_model_len, default_max, prompt_logprobs)
         client_id = client_key(request.headers.get(CLIENT_ID_HEADER) or body.user or "anonymous")
-        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
-        submitted = engine_thread.submit(token_ids, params, loop, queue, body.priority, client_id)
-        try:
-            subscription = await asyncio.wrap_future(submitted)
-        except ValueError as exc:
-            raise p.OpenAIError(str(exc), param=_param_named_in(str(exc))) from exc
-        except EngineFailed as exc:
-            raise p.OpenAIError(f"the engine failed: {exc}", 503, type="server_error", code="engine_failed") from exc
-        except asyncio.CancelledError:  # the client left while the engine thread was adding it
-            _abort_once_added(engine_thread, submitted)
-            raise
-        text = TextStream(serving.decode, stops)
-        response_id = p.new_id("chatcmpl" if chat else "cmpl")
+        generation = Generation(engine_thread, prompts, params, body.priority, client_id, serving.decode)
+        await generation.submit()
+        shape = Shape(
+            chat, p.new_id("chatcmpl" if chat else "cmpl"), model_id, serving.token_text_fn(body.return_tokens_as_token_ids),
+            body.logprobs_wanted(), echo, body.prompt_logprobs is not None, body.include_usage, body.continuous_usage,
+        )  # fmt: skip
         if body.stream:
-            events = _sse_events(engine_thread, subscription, queue, text, response_id, model_id, chat,
-                                 body.include_usage, request)  # fmt: skip
-            abort_if_live = BackgroundTask(engine_thread.abort, subscription.request_id)
-            return StreamingResponse(events, media_type="text/event-stream", background=abort_if_live)
-        pieces, finish_reason = [], None
-        async for piece, finish_reason in _text_pieces(engine_thread, subscription, queue, text, request):
-            pieces.append(piece)
-        if finish_reason is None:  # the client left; nobody reads this
+            return StreamingResponse(sse_events(shape, generation, request), media_type="text/event-stream",
+                                     background=BackgroundTask(generation.abort))  # fmt: skip
+        async for _ in generation.updates(request):
+            pass
+        if not generation.finished:  # the client left; nobody reads this
             return OpenAIJSONResponse({}, status_code=499)
-        usage = p.usage(subscription.num_prompt_tokens, len(text.token_ids))
-        if chat:
-            return p.chat_object(response_id, model_id, "".join(pieces), finish_reason, usage)
-        return p.completion_object(response_id, model_id, "".join(pieces), finish_reason, usage)
+        return whole_answer(shape, generation)
 
     return app
 
 
-def _check_model(requested: str, served: str) -> None:
-    if requested != served:
-        raise p.OpenAIError(f"The model `{requested}` does not exist; this server serves `{served}`", 404,
-                            param="model", code="model_not_found")  # fmt: skip
-
-
-async def _completion_prompt(serving: ServingEngine, prompt) -> list[int]:
+async def _prompt_ids(serving: ServingEngine, prompt: str | list[int], add_special_tokens: bool) -> list[int]:
     if isinstance(prompt, str):
-        token_ids = await asyncio.to_thread(serving.encode, prompt)
+        token_ids = await asyncio.to_thread(serving.encode, prompt, add_special_tokens)
         if not token_ids:
             raise p.OpenAIError("prompt is empty: it encodes to no tokens", param="prompt")
         return token_ids
-    if prompt and isinstance(prompt[0], int):
-        return list(prompt)
-    if len(prompt) == 1:  # a batch of one
-        return await _completion_prompt(serving, prompt[0])
-    raise p.OpenAIError(f"a batch of {len(prompt)} prompts is not supported; send one prompt per request",
-                        param="prompt")  # fmt: skip
-
-
-def _sampling_params(body: p.SamplingFields, num_prompt_tokens: int, max_model_len: int, default_max: int):
-    """vLLM's check: prompt + max_tokens must fit max_model_len; an omitted max_tokens is the endpoint's
-    default cut to the room the prompt leaves."""
-    room = max_model_len - num_prompt_tokens
-    max_tokens = body.max_tokens if body.max_tokens is not None else min(default_max, room)
-    if num_prompt_tokens + max_tokens > max_model_len or room < 1:
-        raise p.OpenAIError(
-            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
-            f"{num_prompt_tokens + max_tokens} tokens ({num_prompt_tokens} in the prompt, {max_tokens} in the "
-            "completion). Please reduce the prompt or max_tokens.",
-            param="max_tokens", code="context_length_exceeded",
-        )  # fmt: skip
-    try:
-        return SamplingParams(
-            max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
-            seed=body.seed, stop_token_ids=tuple(body.stop_token_ids), ignore_eos=body.ignore_eos,
-        )  # fmt: skip
-    except ValueError as exc:
-        raise p.OpenAIError(str(exc), param=_param_named_in(str(exc))) from exc
-
-
-def _param_named_in(message: str) -> str | None:
-    """The library's ValueErrors start with `name=value`: that name is the offending field."""
-    head = message.split("=", 1)[0]
-    return head if "=" in message and head.isidentifier() else None
-
-
-def _abort_once_added(engine_thread: EngineThread, submitted: Future) -> None:
-    def abort(future: Future) -> None:
-        if not future.cancelled() and future.exception() is None:
-            engine_thread.abort(future.result().request_id)
-
-    submitted.add_done_callback(abort)
-
-
-async def _client_gone(request: Request) -> None:
-    """Returns when the client disconnects (the body has been read: the next ASGI message is that)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _text_pieces(
-    engine_thread: EngineThread, subscription: Subscription, queue: asyncio.Queue, text: TextStream,
-    request: Request,
-) -> AsyncIterator[tuple[str, str | None]]:
-    """(text piece, finish reason or None) as tokens arrive; stops, and aborts the request, when the
-    client disconnects or the consumer stops early."""
-    finished = False
-    gone = asyncio.ensure_future(_client_gone(request))
-    try:
-        while not finished:
-            getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait({getter, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                getter.cancel()
-                return
-            update = getter.result()
-            if update.error is not None:
-                raise p.OpenAIError(f"the engine failed this request: {update.error}", 500, type="server_error")
-            piece = text.push(update.new_token_ids, update.finish_reason)
-            finish_reason = update.finish_reason
-            if text.stopped and finish_reason is None:
-                finish_reason = "stop"  # a stop string: end the request here
-                engine_thread.abort(subscription.request_id)
-            finished = finish_reason is not None
-            yield piece, finish_reason
-    finally:
-        gone.cancel()
-        if not finished:  # the client left, or the consumer stopped early: free the request's KV
-            engine_thread.abort(subscription.request_id)
-
-
-async def _sse_events(
-    engine_thread: EngineThread, subscription: Subscription, queue: asyncio.Queue, text: TextStream,
-    response_id: str, model_id: str, chat: bool, include_usage: bool, request: Request,
-) -> AsyncIterator[str]:
-    def event(obj: dict) -> str:
-        return f"data: {json.dumps(obj, ensure_ascii=True)}\n\n"
-
-    if chat:
-        yield event(p.chat_chunk(response_id, model_id, {"role": "assistant", "content": ""}, None))
-    finish_reason = None
-    try:
-        async for piece, finish_reason in _text_pieces(engine_thread, subscription, queue, text, request):
-            if not piece and finish_reason is None:
-                continue
-            if chat:
-                delta = {"content": piece} if piece else {}
-                yield event(p.chat_chunk(response_id, model_id, delta, finish_reason))
-            else:
-                yield event(p.completion_object(response_id, model_id, piece, finish_reason, None, chunk=True))
-    except p.OpenAIError as exc:
-        yield event(exc.body())
-        return
-    if finish_reason is None:  # the client left
-        return
-    if include_usage:
-        usage = p.usage(subscription.num_prompt_tokens, len(text.token_ids))
-        if chat:
-            yield event(p.chat_chunk(response_id, model_id, {}, None, usage, choices=False))
-        else:
-            yield event({**p.completion_object(response_id, model_id, "", None, usage, chunk=True), "choices": []})
-    yield "data: [DONE]\n\n"
+    if not prompt:
+        raise p.OpenAIError("prompt: an empty list of token ids", param="prompt")
+    return list(prompt)

@@ -8,6 +8,11 @@ event loop's thread), and a snapshot of the engine's counters (`stats`) whenever
 while busy, every STATS_PERIOD_S or, when computing them takes longer (the latency percentiles sort
 every finished request's times), often enough that they cost at most 1/STATS_COST_RATIO of its time.
 
+A request with n > 1 samples is one subscription: the samples the engine forks after the prefill
+(request ids "<id>:1", ...) are registered under it when they appear, and each update names its
+sample's index. Each finished request's timings go to `on_finished` callbacks (the /metrics
+histograms), and the snapshot carries the scheduler's running / waiting / swapped counts.
+
 A request the engine fails alone (finish_reason "error") gets its error; the others go on. A step
 that raises fails every live request, and the thread steps on with new ones; when steps keep
 failing (MAX_CONSECUTIVE_FAILURES in a row) or the failed requests cannot be aborted, the engine
@@ -23,10 +28,11 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Hashable
+from typing import Callable, Hashable
 
 from fastswitch.engine import Engine
 from fastswitch.models.sampling import SamplingParams
+from fastswitch.outputs import RequestOutput
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,12 @@ class TokenUpdate:
     new_token_ids: list[int]
     finish_reason: str | None  # "stop" | "length" | "abort" | "error" | None while running
     error: str | None = None  # the engine failed this request (and only this one, unless `failure` is set)
+    request_id: str = ""  # the submitted request's id (sample 0's)
+    index: int = 0  # which of its n samples
+    logprobs: list = field(default_factory=list)  # the new tokens' logprobs (SamplingParams.logprobs)
+    text: str | None = None  # once finished: the engine's final text (cut at a stop string)
+    stop_reason: int | str | None = None  # once finished: the stop string or token id that ended it
+    prompt_logprobs: list | None = None  # once finished: the prompt's (SamplingParams.prompt_logprobs)
 
 
 @dataclass
@@ -55,7 +67,8 @@ class Subscription:
     num_prompt_tokens: int
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue = field(repr=False)
-    num_sent: int = 0  # output tokens already handed to the queue
+    index_of: dict[str, int] = field(default_factory=dict)  # live sample request id -> sample index
+    num_sent: dict[int, int] = field(default_factory=dict)  # sample index -> output tokens handed to the queue
 
 
 @dataclass
@@ -75,7 +88,8 @@ class EngineThread:
         self.num_aborted = 0  # requests stopped because their client went away (or asked)
         self.last_error: str | None = None  # the last error of a failed step
         self.failure: str | None = None  # why the engine cannot go on; None while it can
-        self.stats: dict = engine.stats()  # the counters as last published (read without any lock)
+        self.stats: dict = self._snapshot()  # the counters as last published (read without any lock)
+        self.on_finished: list[Callable[[RequestOutput], None]] = []  # called on this thread per finished sample
         self._subscriptions: dict[str, Subscription] = {}
         self._inbox: deque = deque()
         self._wake = threading.Event()
@@ -169,12 +183,17 @@ class EngineThread:
             item.future.set_exception(exc)
             return
         subscription = Subscription(output.request_id, len(item.token_ids), item.loop, item.queue)
+        subscription.index_of[output.request_id] = 0
         self._subscriptions[output.request_id] = subscription
         item.future.set_result(subscription)
 
     def _abort(self, request_id: str, asked: bool = True) -> None:
-        """asked: a client or handler asked for it (counted in num_aborted), not a failed step."""
-        self._subscriptions.pop(request_id, None)
+        """asked: a client or handler asked for it (counted in num_aborted), not a failed step. The
+        engine aborts a request's forked samples with it."""
+        subscription = self._subscriptions.pop(request_id, None)
+        if subscription is not None and subscription.request_id == request_id:
+            for sample_id in subscription.index_of:
+                self._subscriptions.pop(sample_id, None)
         try:
             aborted = self.engine.abort(request_id) is not None
         except Exception as exc:
@@ -197,21 +216,35 @@ class EngineThread:
         self._consecutive_failures = 0
         self._dirty = True
         for output in advanced:
+            if output.finished and output.finish_reason not in ("abort", "error"):
+                for callback in self.on_finished:
+                    callback(output)
             subscription = self._subscriptions.get(output.request_id)
             if subscription is None:
                 continue
-            new = output.token_ids[subscription.num_sent :]
-            subscription.num_sent += len(new)
+            for sample in output.forked:  # n > 1: the samples forked in this step, before they report
+                if sample.request_id not in subscription.index_of:
+                    subscription.index_of[sample.request_id] = sample.index
+                    self._subscriptions[sample.request_id] = subscription
+            index = subscription.index_of[output.request_id]
+            sent = subscription.num_sent.get(index, 0)
+            new = output.token_ids[sent:]
+            subscription.num_sent[index] = sent + len(new)
+            update = TokenUpdate(list(new), output.finish_reason, output.error, subscription.request_id, index,
+                                 list(output.logprobs[sent:]) if output.logprobs is not None else [])  # fmt: skip
             if output.finished:
                 del self._subscriptions[output.request_id]
-            self._publish(subscription, TokenUpdate(list(new), output.finish_reason, output.error))
+                del subscription.index_of[output.request_id]
+                update.text, update.stop_reason = output.text, output.stop_reason
+                update.prompt_logprobs = None if output.prompt_logprobs is None else list(output.prompt_logprobs)
+            self._publish(subscription, update)
         if time.monotonic() >= self._next_publish:
             self._publish_stats()
 
     def _fail_requests(self, message: str) -> None:
         """Every live request gets the error; their blocks are freed."""
         for request_id, subscription in list(self._subscriptions.items()):
-            self._publish(subscription, TokenUpdate([], "error", error=message))
+            self._publish(subscription, TokenUpdate([], "error", error=message, request_id=subscription.request_id))
             self._abort(request_id, asked=False)
 
     def _fail_engine(self, message: str) -> None:
@@ -220,18 +253,27 @@ class EngineThread:
         log.error("the engine cannot go on: %s", message)
         self.failure = message
         for subscription in list(self._subscriptions.values()):
-            self._publish(subscription, TokenUpdate([], "error", error=message))
+            self._publish(subscription, TokenUpdate([], "error", error=message, request_id=subscription.request_id))
         self._subscriptions.clear()
 
     def _publish_stats(self) -> None:
         started = time.monotonic()
         try:
-            self.stats = self.engine.stats()
+            self.stats = self._snapshot()
         except Exception:  # the counters stay as last published; the failure shows elsewhere
             log.exception("engine stats failed")
         now = time.monotonic()
         self._next_publish = now + max(STATS_PERIOD_S, STATS_COST_RATIO * (now - started))
         self._dirty = False
+
+    def _snapshot(self) -> dict:
+        """The engine's counters, the live requests by scheduler state and every preemption so far."""
+        stats = self.engine.stats()
+        live = list(self.engine.scheduler.requests.values())
+        for status in ("running", "waiting", "swapped"):
+            stats[f"num_requests_{status}"] = sum(r.status.value == status for r in live)
+        stats["num_preemptions_all"] = stats["num_preemptions"] + sum(r.metrics.num_preemptions for r in live)
+        return stats
 
     @staticmethod
     def _publish(subscription: Subscription, update: TokenUpdate) -> None:

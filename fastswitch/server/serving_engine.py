@@ -91,16 +91,40 @@ class ServingEngine:
         )  # fmt: skip
         return cls(engine, tokenizer, model_name, max_model_len)
 
-    def encode(self, text: str) -> list[int]:
-        """A plain prompt, with the tokenizer's own special tokens (BOS where the model uses one)."""
-        return list(self.tokenizer(text)["input_ids"])
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """A plain prompt, with the tokenizer's own special tokens (BOS where the model uses one) unless
+        add_special_tokens is False."""
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
-    def encode_chat(self, messages: list[dict]) -> list[int]:
-        """A conversation rendered by the checkpoint's chat template, ending with the assistant's cue."""
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True, continue_final_message: bool = False,
+                    template_kwargs: dict | None = None, add_special_tokens: bool = False) -> list[int]:  # fmt: skip
+        """A conversation rendered by the checkpoint's chat template, ending with the assistant's cue
+        (add_generation_prompt) or inside its last, unfinished message (continue_final_message).
+        template_kwargs: extra variables for the template. ValueError when the template fails or leaves
+        out a message's text (a role it cannot render)."""
         if getattr(self.tokenizer, "chat_template", None) is None:
             raise ValueError(f"model {self.model_name!r} has no chat template; use a plain prompt instead")
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])  # the template holds them
+        reserved = {"conversation", "messages", "tokenize", "add_generation_prompt", "continue_final_message"}
+        if reserved & set(template_kwargs or {}):
+            raise ValueError(f"chat_template_kwargs must not set {sorted(reserved & set(template_kwargs))}")
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
+                tokenize=False, **(template_kwargs or {}),
+            )  # fmt: skip
+        except Exception as exc:  # jinja's TemplateError (raise_exception in a template), or a bad message
+            raise ValueError(f"the chat template cannot render these messages: {type(exc).__name__}: {exc}") from exc
+        for message in messages:
+            if message["content"].strip() and message["content"].strip() not in text:
+                raise ValueError(f"this model's chat template does not render a {message['role']!r} message")
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def token_text_fn(self, as_token_ids: bool = False):
+        """One token's text as logprobs show it: its decoded text, or "token_id:<id>" (vLLM's
+        return_tokens_as_token_ids)."""
+        if as_token_ids:
+            return lambda token: f"token_id:{token}"
+        return lambda token: self.tokenizer.decode([token])
 
     def encode_chat_turn(self, history: list[dict], message: str, answer_ended_with_stop: bool) -> list[int]:
         """The tokens a conversation's next user message appends to its KV context.

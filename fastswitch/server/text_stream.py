@@ -34,9 +34,11 @@ class TextStream:
     def holdback(self) -> int:
         return max((len(s) for s in self.stop_strings), default=1) - 1
 
-    def push(self, new_token_ids: list[int], finish_reason: str | None) -> str:
+    def push(self, new_token_ids: list[int], finish_reason: str | None, final_text: str | None = None) -> str:
         """Adds tokens; returns the text that may be sent now. At the end (finish_reason set) it returns
-        the rest. finish_reason "stop" means the last token is the stop token, which is not text."""
+        the rest. finish_reason "stop" means the last token is the stop token, which is not text.
+        final_text: the engine's answer at the end, which it cut at its stop string (after it with
+        include_stop_str_in_output, or later than a match seen here, before min_tokens): it wins."""
         self.token_ids.extend(new_token_ids)
         ids = self.token_ids[:-1] if finish_reason == "stop" and self.token_ids else self.token_ids
         self._decode_new(ids, finish_reason is not None)
@@ -44,6 +46,8 @@ class TextStream:
         cut = self._first_stop(text)
         if cut is not None:
             text, self.stopped = text[:cut], True
+        if final_text is not None:
+            text = final_text
         final = finish_reason is not None or self.stopped
         if not final:
             text = text[: max(len(self.sent), len(text) - self.holdback)]

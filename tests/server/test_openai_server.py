@@ -78,7 +78,7 @@ def test_stop_string_ends_the_answer_before_it(server):
         (dict(max_tokens=0), 400, "max_tokens"),
         (dict(max_tokens=600), 400, "max_tokens"),  # 600 > max_model_len=512
         (dict(temperature=-1.0), 400, "temperature"),
-        (dict(n=2), 400, "n"),
+        (dict(n=2, extra_body={"best_of": 3}), 400, "best_of"),
         (dict(model="gpt-4"), 404, "model"),
     ],
 )
