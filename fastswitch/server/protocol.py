@@ -208,7 +208,7 @@ class CompletionRequest(SamplingFields):
         if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
             return [self.prompt]
         if not self.prompt:
-            raise FieldError("prompt: an empty list holds no prompt", "prompt")
+            raise OpenAIError("prompt: an empty list holds no prompt", param="prompt")
         return list(self.prompt)
 
 
