@@ -9,9 +9,9 @@ import socket
 import subprocess
 import sys
 import time
-
 import urllib.error
 import urllib.request
+
 import pytest
 import torch
 
@@ -73,9 +73,12 @@ def test_chat_turns_append_only_their_new_tokens(capsys):
 
 def test_bench_compares_presets_on_one_workload(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    args = ["bench", "--conversations", "3", "--turns", "2", "--prompt-tokens", "20", "--response-tokens", "8",
-            "--think-time", "0", "--rate", "100", "--out", str(out), "--model", "tiny-random", "--num-gpu-blocks", "4",
-            "--max-model-len", "256", "--priority-update-freq", "0.3", *FAST]  # fmt: skip
+    # All conversations arrive at once and each answer grows its sequence past what 4 blocks hold for two of
+    # them, so running decodes must preempt each other whatever the machine's speed (priority re-draws are
+    # drawn in time, so they cannot be relied on to force a switch in a run this short).
+    args = ["bench", "--conversations", "3", "--turns", "2", "--prompt-tokens", "20", "--response-tokens", "30",
+            "--think-time", "0", "--rate", "1000000", "--out", str(out), "--model", "tiny-random",
+            "--num-gpu-blocks", "4", "--max-model-len", "256", "--priority-update-freq", "0.3", *FAST]  # fmt: skip
     assert main(args) == 0
     runs = json.loads(out.read_text())["runs"]
     assert [r["preset"] for r in runs] == ["vllm", "fastswitch"]
@@ -158,7 +161,8 @@ def test_serve_without_the_serve_extra_names_the_install_command(monkeypatch, ca
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real_find_spec(name, *a))
+    hide_uvicorn = lambda name, *a: None if name == "uvicorn" else real_find_spec(name, *a)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", hide_uvicorn)
     assert main(["serve", *TINY]) == 2
     err = capsys.readouterr().err
     assert "needs uvicorn" in err and "pip install 'fastswitch[serve]'" in err and "Traceback" not in err
