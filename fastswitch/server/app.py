@@ -145,7 +145,8 @@ def create_app(serving: ServingEngine, model_id: str | None = None,
         prompts = [await _prompt_ids(serving, prompt, add_special) for prompt in body.prompts()]
         echo = None
         if body.echo:
-            echo = [prompt if isinstance(prompt, str) else serving.decode(ids) for prompt, ids in zip(body.prompts(), prompts)]
+            texts = zip(body.prompts(), prompts)
+            echo = [prompt if isinstance(prompt, str) else serving.decode(ids) for prompt, ids in texts]
         # echo with logprobs shows the prompt's too, as vLLM does
         prompt_logprobs = body.logprobs if body.echo and body.logprobs is not None else body.prompt_logprobs
         return await _generate(request, body, prompts, p.DEFAULT_COMPLETION_MAX_TOKENS, False, echo, prompt_logprobs)
@@ -172,9 +173,10 @@ def create_app(serving: ServingEngine, model_id: str | None = None,
         client_id = client_key(request.headers.get(CLIENT_ID_HEADER) or body.user or "anonymous")
         generation = Generation(engine_thread, prompts, params, body.priority, client_id, serving.decode)
         await generation.submit()
+        token_text = serving.token_text_fn(body.return_tokens_as_token_ids)
         shape = Shape(
-            chat, p.new_id("chatcmpl" if chat else "cmpl"), model_id, serving.token_text_fn(body.return_tokens_as_token_ids),
-            body.logprobs_wanted(), echo, body.prompt_logprobs is not None, body.include_usage, body.continuous_usage,
+            chat, p.new_id("chatcmpl" if chat else "cmpl"), model_id, token_text, body.logprobs_wanted(), echo,
+            body.prompt_logprobs is not None, body.include_usage, body.continuous_usage,
         )  # fmt: skip
         if body.stream:
             return StreamingResponse(sse_events(shape, generation, request), media_type="text/event-stream",

@@ -26,9 +26,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Hashable
 
 from fastswitch.engine import Engine
 from fastswitch.models.sampling import SamplingParams

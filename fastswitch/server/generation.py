@@ -51,7 +51,8 @@ def sampling_params(body: p.SamplingFields, prompt_lens: list[int], max_model_le
         return SamplingParams(
             max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
             min_p=body.min_p, seed=body.seed, stop_token_ids=tuple(body.stop_token_ids), ignore_eos=body.ignore_eos,
-            n=body.n, stop=() if body.stop is None else body.stop, include_stop_str_in_output=body.include_stop_str_in_output,
+            n=body.n, stop=() if body.stop is None else body.stop,
+            include_stop_str_in_output=body.include_stop_str_in_output,
             min_tokens=body.min_tokens, presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty, repetition_penalty=body.repetition_penalty,
             logit_bias=body.logit_bias, logprobs=body.logprobs_wanted(), prompt_logprobs=prompt_logprobs,
@@ -108,7 +109,9 @@ class Generation:
             if isinstance(exc, ValueError):
                 raise p.OpenAIError(str(exc), param=param_named_in(str(exc))) from exc
             if isinstance(exc, EngineFailed):
-                raise p.OpenAIError(f"the engine failed: {exc}", 503, type="server_error", code="engine_failed") from exc
+                raise p.OpenAIError(
+                    f"the engine failed: {exc}", 503, type="server_error", code="engine_failed"
+                ) from exc
             raise
 
     def abort(self) -> None:

@@ -47,10 +47,13 @@ class _SnapshotCollector:
         stats = self.engine_thread.stats  # one published dict: read without a lock
         for name, doc, key in GAUGES:
             yield GaugeMetricFamily(PREFIX + name, doc, value=stats[key])
-        for pool, total, free in (("gpu", "num_gpu_blocks", "num_free_gpu_blocks"), ("cpu", "num_cpu_blocks", "num_free_cpu_blocks")):
+        for pool, total, free in (
+            ("gpu", "num_gpu_blocks", "num_free_gpu_blocks"),
+            ("cpu", "num_cpu_blocks", "num_free_cpu_blocks"),
+        ):
             usage = 1.0 - stats[free] / stats[total] if stats[total] else 0.0
-            yield GaugeMetricFamily(f"{PREFIX}{pool}_cache_usage_perc", f"Share of the {pool} KV pool in use (1 = full).",
-                                    value=usage)  # fmt: skip
+            doc = f"Share of the {pool} KV pool in use (1 = full)."
+            yield GaugeMetricFamily(f"{PREFIX}{pool}_cache_usage_perc", doc, value=usage)
         for name, doc, key in COUNTERS:
             yield CounterMetricFamily(PREFIX + name, doc, value=stats[key])
 

@@ -57,7 +57,9 @@ class LoneSurrogate(FieldError):
     """A request string holds a lone UTF-16 surrogate; `param` is the top-level field that holds it."""
 
     def __init__(self, path: str) -> None:
-        super().__init__(f"{path} holds a lone UTF-16 surrogate, which is not valid Unicode text", path.split(".", 1)[0])
+        super().__init__(
+            f"{path} holds a lone UTF-16 surrogate, which is not valid Unicode text", path.split(".", 1)[0]
+        )
 
 
 def lone_surrogate_path(value, path: str = "") -> str | None:
@@ -115,7 +117,9 @@ def _without_nulls_and_unused(data, model: type[BaseModel], not_used: dict) -> A
                 raise FieldError(f"{name}: unknown field; this server refuses fields it does not implement", name)
             if value not in not_used[name]:
                 allowed = " or ".join(json.dumps(v) for v in not_used[name]) or "null"
-                raise FieldError(f"{name}={json.dumps(value)[:200]} is not supported by this server; only {allowed}", name)
+                raise FieldError(
+                    f"{name}={json.dumps(value)[:200]} is not supported by this server; only {allowed}", name
+                )
             continue
         kept[name] = value
     return kept
@@ -267,7 +271,9 @@ class ChatCompletionRequest(SamplingFields):
         if self.continue_final_message and self.add_generation_prompt:
             raise FieldError("continue_final_message: needs add_generation_prompt false", "continue_final_message")
         if self.continue_final_message and self.messages[-1].role != "assistant":
-            raise FieldError("continue_final_message: the last message must be the assistant's", "continue_final_message")
+            raise FieldError(
+                "continue_final_message: the last message must be the assistant's", "continue_final_message"
+            )
         if self.max_completion_tokens is not None:
             self.max_tokens = self.max_completion_tokens
         return self
@@ -288,9 +294,17 @@ def usage(num_prompt_tokens: int, num_completion_tokens: int) -> dict:
     }
 
 
-def completion_object(request_id: str, model: str, choices: list[dict], usage_: dict | None, chunk: bool = False) -> dict:
+def completion_object(
+    request_id: str, model: str, choices: list[dict], usage_: dict | None, chunk: bool = False
+) -> dict:
     """A /v1/completions answer, or one of its stream's chunks (which carry usage only when asked)."""
-    body = {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model, "choices": choices}
+    body = {
+        "id": request_id,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+    }
     if usage_ is not None or not chunk:
         body["usage"] = usage_
     return body

@@ -66,8 +66,10 @@ def _prompt_logprobs(shape: Shape, prompt: list[int], entries: list | None) -> l
     """vLLM's shape: per prompt token None (the first) or {token id: {logprob, rank, decoded_token}}."""
     if entries is None:
         return None
-    return [None if e is None else {str(t): {"logprob": lp.logprob, "rank": lp.rank, "decoded_token": shape.token_text(t)}
-                                     for t, lp in e.items()} for e in entries]  # fmt: skip
+    def entry(token: int, lp) -> dict:
+        return {"logprob": lp.logprob, "rank": lp.rank, "decoded_token": shape.token_text(token)}
+
+    return [None if e is None else {str(t): entry(t, lp) for t, lp in e.items()} for e in entries]
 
 
 def _logprobs(shape: Shape, generation: Generation, choice: Choice, token_ids: list[int], entries: list,

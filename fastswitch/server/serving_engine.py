@@ -42,7 +42,7 @@ class ServingEngine:
         progress: bool = True,
         tensor_parallel_size: int = 1,
         **overrides,
-    ) -> "ServingEngine":
+    ) -> ServingEngine:
         """model: a checkpoint folder, a .gguf file, "tiny-random", or None for SmolLM2-135M-Instruct.
 
         overrides: EngineConfig fields. tensor_parallel_size: devices (processes) the model is split
@@ -61,7 +61,7 @@ class ServingEngine:
     @classmethod
     def for_loaded(
         cls, loaded: LoadedModel, model_name: str, preset: str = "fastswitch", workers=None, **overrides
-    ) -> "ServingEngine":
+    ) -> ServingEngine:
         """workers: the WorkerGroup of a tensor-parallel model whose rank 0 shard `loaded` is (one engine
         per group; None without tensor parallelism).
 
@@ -96,8 +96,10 @@ class ServingEngine:
         add_special_tokens is False."""
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
-    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True, continue_final_message: bool = False,
-                    template_kwargs: dict | None = None, add_special_tokens: bool = False) -> list[int]:  # fmt: skip
+    def encode_chat(
+        self, messages: list[dict], add_generation_prompt: bool = True, continue_final_message: bool = False,
+        template_kwargs: dict | None = None, add_special_tokens: bool = False,
+    ) -> list[int]:  # fmt: skip
         """A conversation rendered by the checkpoint's chat template, ending with the assistant's cue
         (add_generation_prompt) or inside its last, unfinished message (continue_final_message).
         template_kwargs: extra variables for the template. ValueError when the template fails or leaves

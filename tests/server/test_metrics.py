@@ -19,10 +19,11 @@ def scrape(base_url: str) -> dict[str, float]:
 def test_metrics_parse_and_move_with_traffic(server):
     base_url, _ = server
     before = scrape(base_url)
-    for name in ("fastswitch:num_requests_running", "fastswitch:num_requests_waiting", "fastswitch:num_requests_swapped",
-                 "fastswitch:gpu_cache_usage_perc", "fastswitch:cpu_cache_usage_perc", "fastswitch:num_preemptions_total",
-                 "fastswitch:swap_out_total", "fastswitch:swap_in_bytes_total", "fastswitch:swap_copy_calls_total"):  # fmt: skip
-        assert name in before, name
+    names = ("num_requests_running", "num_requests_waiting", "num_requests_swapped", "gpu_cache_usage_perc",
+             "cpu_cache_usage_perc", "num_preemptions_total", "swap_out_total", "swap_in_bytes_total",
+             "swap_copy_calls_total")  # fmt: skip
+    for name in names:
+        assert f"fastswitch:{name}" in before, name
     body = {"prompt": [5, 6, 7, 8], "max_tokens": 5, "ignore_eos": True}
     status, _ = http_json(base_url, "POST", "/v1/completions", body)
     assert status == 200
@@ -33,6 +34,18 @@ def test_metrics_parse_and_move_with_traffic(server):
         time.sleep(0.05)
     assert after["fastswitch:generation_tokens_total"] - before["fastswitch:generation_tokens_total"] == 5
     assert after["fastswitch:prompt_tokens_total"] - before["fastswitch:prompt_tokens_total"] == 4
-    assert after["fastswitch:time_to_first_token_seconds_count"] - before.get("fastswitch:time_to_first_token_seconds_count", 0) == 1
-    assert after["fastswitch:inter_token_latency_seconds_count"] - before.get("fastswitch:inter_token_latency_seconds_count", 0) == 4
-    assert after["fastswitch:e2e_request_latency_seconds_count"] - before.get("fastswitch:e2e_request_latency_seconds_count", 0) == 1
+    assert (
+        after["fastswitch:time_to_first_token_seconds_count"]
+        - before.get("fastswitch:time_to_first_token_seconds_count", 0)
+        == 1
+    )
+    assert (
+        after["fastswitch:inter_token_latency_seconds_count"]
+        - before.get("fastswitch:inter_token_latency_seconds_count", 0)
+        == 4
+    )
+    assert (
+        after["fastswitch:e2e_request_latency_seconds_count"]
+        - before.get("fastswitch:e2e_request_latency_seconds_count", 0)
+        == 1
+    )

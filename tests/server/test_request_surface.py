@@ -85,9 +85,9 @@ def test_chat_logprobs_have_the_chat_shape(server):
 
 def test_logit_bias_forces_a_token(server):
     base_url, _ = server
+    extra = {**LONG, "return_tokens_as_token_ids": True}
     answer = client(base_url).completions.create(model="tiny", prompt="hello", max_tokens=6, temperature=1.0,
-                                                 logit_bias={"65": 100}, extra_body={**LONG, "return_tokens_as_token_ids": True},
-                                                 logprobs=0)  # fmt: skip
+                                                 logit_bias={"65": 100}, extra_body=extra, logprobs=0)  # fmt: skip
     assert answer.choices[0].logprobs.tokens == ["token_id:65"] * 6
 
 
@@ -98,7 +98,9 @@ def test_a_list_of_prompts_gives_one_choice_each(server):
     assert sorted(c.index for c in answer.choices) == list(range(6))
     singles = [client(base_url).completions.create(model="tiny", prompt=p, max_tokens=3, temperature=0, extra_body=LONG)
                for p in prompts]  # fmt: skip
-    greedy = client(base_url).completions.create(model="tiny", prompt=prompts, max_tokens=3, temperature=0, extra_body=LONG)
+    greedy = client(base_url).completions.create(
+        model="tiny", prompt=prompts, max_tokens=3, temperature=0, extra_body=LONG
+    )
     assert [c.text for c in sorted(greedy.choices, key=lambda c: c.index)] == [s.choices[0].text for s in singles]
 
 
@@ -127,7 +129,9 @@ def test_the_tool_role_and_assistant_content_null_render(server):
 def test_stop_with_include_stop_str_in_output(server):
     base_url, _ = server
     prompt = [5, 6, 7]
-    full = client(base_url).completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0, extra_body=LONG)
+    full = client(base_url).completions.create(
+        model="tiny", prompt=prompt, max_tokens=12, temperature=0, extra_body=LONG
+    )
     text = full.choices[0].text
     stop = text[3:5]
     assert stop.strip(), text
@@ -176,3 +180,70 @@ def test_every_field_not_implemented_is_a_400_naming_it(server, endpoint):
     for name, value in [("stream_options", {"include_usage": True}), ("best_of", 2)]:
         status, body = http_json(base_url, "POST", path, {**base, "max_tokens": 1, name: value})
         assert status == 400 and body["error"]["param"] == name, (name, body)
+
+
+def test_chat_streams_n_choices_with_continuous_usage(server):
+    base_url, _ = server
+    stream = client(base_url).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, n=2, temperature=1.0, seed=3,
+        stream=True, stream_options={"include_usage": True}, extra_body={**LONG, "stream_options": {
+            "include_usage": True, "continuous_usage_stats": True}},
+    )  # fmt: skip
+    finished, usages = {}, []
+    for chunk in stream:
+        usages.append(chunk.usage.completion_tokens)
+        for choice in chunk.choices:
+            if choice.finish_reason is not None:
+                finished[choice.index] = choice.finish_reason
+    assert finished == {0: "length", 1: "length"}
+    assert usages == sorted(usages) and usages[-1] == 8 and usages[0] == 0
+
+
+def test_min_tokens_holds_off_a_stop_token(server):
+    base_url, _ = server
+    prompt = [5, 6, 7]
+    first = _generated_ids(base_url, prompt)[0]
+    body = {"prompt": prompt, "max_tokens": 8, "temperature": 0, "stop_token_ids": [int(first)]}
+    status, answer = http_json(base_url, "POST", "/v1/completions", body)
+    assert status == 200 and answer["usage"]["completion_tokens"] == 1
+    assert answer["choices"][0]["stop_reason"] == int(first)
+    status, answer = http_json(base_url, "POST", "/v1/completions", {**body, "min_tokens": 3})
+    assert status == 200 and answer["usage"]["completion_tokens"] >= 3
+
+
+def test_chat_template_fields_act(server):
+    base_url, app = server
+    tokenizer = app.state.serving.tokenizer
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hel"}]
+
+    def prompt_tokens(**fields) -> int:
+        body = {"messages": messages, "max_tokens": 1, **fields}
+        status, answer = http_json(base_url, "POST", "/v1/chat/completions", body)
+        assert status == 200, answer
+        return answer["usage"]["prompt_tokens"]
+
+    cued = prompt_tokens()
+    closed = prompt_tokens(add_generation_prompt=False)
+    continued = prompt_tokens(add_generation_prompt=False, continue_final_message=True)
+    assert continued < closed < cued  # no cue; then not even the last message's end marker
+    original = tokenizer.chat_template
+    try:
+        tokenizer.chat_template = original + "{% if greeting %}{{ greeting }}{% endif %}"
+        assert prompt_tokens(chat_template_kwargs={"greeting": "good morning"}) > cued
+        tokenizer.chat_template = (
+            "{% for m in messages %}{% if m.role != 'assistant' %}{{ m.content }}{% endif %}{% endfor %}"
+        )
+        status, answer = http_json(base_url, "POST", "/v1/chat/completions", {"messages": messages, "max_tokens": 1})
+        assert status == 400 and "'assistant'" in answer["error"]["message"]
+    finally:
+        tokenizer.chat_template = original
+
+
+def test_truncate_prompt_tokens_and_prompt_logprobs(server):
+    base_url, _ = server
+    body = {"prompt": list(range(10, 30)), "max_tokens": 1, "truncate_prompt_tokens": 5, "prompt_logprobs": 1}
+    status, answer = http_json(base_url, "POST", "/v1/completions", body)
+    assert status == 200 and answer["usage"]["prompt_tokens"] == 5
+    prompt_logprobs = answer["choices"][0]["prompt_logprobs"]
+    assert len(prompt_logprobs) == 5 and prompt_logprobs[0] is None
+    assert all(str(token) in entry for token, entry in zip(range(26, 30), prompt_logprobs[1:]))
