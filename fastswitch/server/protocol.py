@@ -97,7 +97,7 @@ _CHAT_NOT_USED = {
     **_NOT_USED, "tools": ([],), "tool_choice": ("none",), "parallel_tool_calls": (True,), "functions": ([],),
     "function_call": ("none",), "documents": (), "chat_template": (), "echo": (False,), "reasoning_effort": (),
     "include_reasoning": (True,), "modalities": (["text"],), "audio": (), "web_search_options": (),
-    "verbosity": (),
+    "verbosity": (), "structural_tag": (),
 }  # fmt: skip
 _COMPLETION_NOT_USED = {**_NOT_USED, "suffix": ("",), "prompt_embeds": ()}
 REJECTED = {"completions": _COMPLETION_NOT_USED, "chat": _CHAT_NOT_USED}  # for the README's table and tests
@@ -183,6 +183,8 @@ class SamplingFields(BaseModel):
     def _consistent(self):
         if self.stream_options is not None and not self.stream:
             raise FieldError("stream_options: only allowed when stream is true", "stream_options")
+        if self.prompt_logprobs is not None and self.stream:
+            raise FieldError("prompt_logprobs: not available when stream is true (as in vLLM)", "prompt_logprobs")
         if self.best_of is not None and self.best_of != self.n:
             raise FieldError(f"best_of={self.best_of} is not supported; only best_of == n ({self.n})", "best_of")
         return self
@@ -202,6 +204,12 @@ class CompletionRequest(SamplingFields):
     prompt: str | list[int] | list[str | list[int]]
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _echo_streamed(self):
+        if self.echo and self.logprobs is not None and self.stream:
+            raise FieldError("echo: with logprobs, only without stream (prompt logprobs are not streamed)", "echo")
+        return self
 
     def logprobs_wanted(self) -> int | None:
         """The number of top logprobs per output token the response shows, None without logprobs."""
@@ -266,7 +274,7 @@ class ChatCompletionRequest(SamplingFields):
     def _chat_consistent(self):
         if not self.messages:
             raise FieldError("messages must hold at least one message", "messages")
-        if self.top_logprobs is not None and not self.logprobs:
+        if self.top_logprobs and not self.logprobs:
             raise FieldError("top_logprobs: only allowed when logprobs is true", "top_logprobs")
         if self.continue_final_message and self.add_generation_prompt:
             raise FieldError("continue_final_message: needs add_generation_prompt false", "continue_final_message")

@@ -177,8 +177,12 @@ def test_every_field_not_implemented_is_a_400_naming_it(server, endpoint):
         value = REJECTED_VALUES.get(name, "something")
         status, body = http_json(base_url, "POST", path, {**base, "max_tokens": 1, name: value})
         assert status == 400 and body["error"]["param"] == name, (name, body)
-    for name, value in [("stream_options", {"include_usage": True}), ("best_of", 2)]:
-        status, body = http_json(base_url, "POST", path, {**base, "max_tokens": 1, name: value})
+    conflicts = [("stream_options", {"stream_options": {"include_usage": True}}), ("best_of", {"best_of": 2}),
+                 ("prompt_logprobs", {"prompt_logprobs": 1, "stream": True})]  # fmt: skip
+    if endpoint == "completions":
+        conflicts.append(("echo", {"echo": True, "logprobs": 1, "stream": True}))
+    for name, fields in conflicts:
+        status, body = http_json(base_url, "POST", path, {**base, "max_tokens": 1, **fields})
         assert status == 400 and body["error"]["param"] == name, (name, body)
 
 
