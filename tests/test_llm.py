@@ -129,7 +129,8 @@ def test_requests_wait_for_blocks_and_all_finish(hf_model, llm):
     tight = LLM(hf_model, block_size=8, num_gpu_blocks=3, attention_backend="torch")
     params = SamplingParams(max_tokens=8, ignore_eos=True)
     prompts = [[11] * 12, [12] * 12, [13] * 12]
-    assert [o.token_ids for o in tight.generate(prompts, params)] == [o.token_ids for o in llm.generate(prompts, params)]
+    expected = [o.token_ids for o in llm.generate(prompts, params)]
+    assert [o.token_ids for o in tight.generate(prompts, params)] == expected
     stats = tight.stats()
     assert stats["num_free_gpu_blocks"] == 3 and stats["num_generated_tokens"] == 24
     assert stats["num_prompt_tokens"] == 36 and stats["swap_out_count"] == 0
@@ -204,7 +205,8 @@ def test_a_step_that_raises_leaves_no_request_of_the_call_behind(llm, monkeypatc
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda llm: llm.generate(None), "prompts must be a string, a list of strings or a list of token-id lists, got NoneType"),
+        (lambda llm: llm.generate(None), "prompts must be a string, a list of strings or a list of token-id lists, "
+                                         "got NoneType"),
         (lambda llm: llm.generate(123), "got int"),
         (lambda llm: llm.generate(torch.tensor([1, 2, 3])), r"got Tensor \(pass tensor.tolist\(\)\)"),
         (lambda llm: llm.generate([None]), "a prompt must be a string or a list of token ids, got NoneType"),
@@ -240,7 +242,8 @@ def chat_llm(tmp_path_factory) -> LLM:
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda llm: llm.chat([{"content": "hi"}]), "message 0 must be a dict with a string 'role' and a string 'content'"),
+        (lambda llm: llm.chat([{"content": "hi"}]),
+         "message 0 must be a dict with a string 'role' and a string 'content'"),
         (lambda llm: llm.chat([{"role": "user", "content": None}]), "message 0 must be a dict"),
         (lambda llm: llm.chat("hi"), "conversations must be a list of messages or a list of such lists, got str"),
         (lambda llm: llm.chat([[]]), "a conversation must be a non-empty list of messages"),

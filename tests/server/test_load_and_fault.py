@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import psutil
+
 from server_harness import http_json, running_server
 from test_robustness import POISON_SEED, completion, poison_the_sampler
 
