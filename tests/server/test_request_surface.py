@@ -251,3 +251,39 @@ def test_truncate_prompt_tokens_and_prompt_logprobs(server):
     prompt_logprobs = answer["choices"][0]["prompt_logprobs"]
     assert len(prompt_logprobs) == 5 and prompt_logprobs[0] is None
     assert all(str(token) in entry for token, entry in zip(range(26, 30), prompt_logprobs[1:]))
+
+
+def test_penalties_and_logit_bias_act_as_defined(server, tiny_model):
+    """Greedy answers with logit_bias and presence / frequency / repetition penalties equal a greedy loop
+    over transformers' logits with OpenAI's and vLLM's definitions applied directly."""
+    base_url, _ = server
+    model = LlamaForCausalLM.from_pretrained(tiny_model).eval()
+    prompt, bias = [5, 6, 7], {65: 3.0, 130: -2.0}
+
+    def reference(presence: float, frequency: float, repetition: float) -> list[int]:
+        ids = list(prompt)
+        for _ in range(8):
+            with torch.no_grad():
+                logits = model(torch.tensor([ids])).logits[0, -1].double()
+            for token, value in bias.items():
+                logits[token] += value
+            seen = torch.zeros_like(logits, dtype=torch.bool)
+            seen[ids] = True  # repetition: prompt and output tokens
+            logits = torch.where(seen, torch.where(logits > 0, logits / repetition, logits * repetition), logits)
+            counts = torch.bincount(torch.tensor(ids[len(prompt) :], dtype=torch.long), minlength=logits.numel())
+            logits = logits - frequency * counts - presence * (counts > 0)
+            ids.append(int(logits.argmax()))
+        return ids[len(prompt) :]
+
+    answers = []
+    for presence, frequency, repetition in [(0.0, 0.0, 1.0), (1.5, 0.0, 1.0), (0.0, 1.0, 1.0), (0.0, 0.0, 3.0)]:
+        body = {"prompt": prompt, "max_tokens": 8, "temperature": 0, "logprobs": 0, "ignore_eos": True,
+                "return_tokens_as_token_ids": True, "logit_bias": {str(k): v for k, v in bias.items()},
+                "presence_penalty": presence, "frequency_penalty": frequency,
+                "repetition_penalty": repetition}  # fmt: skip
+        status, answer = http_json(base_url, "POST", "/v1/completions", body)
+        assert status == 200, answer
+        got = [int(t.split(":")[1]) for t in answer["choices"][0]["logprobs"]["tokens"]]
+        assert got == reference(presence, frequency, repetition), (presence, frequency, repetition)
+        answers.append(got)
+    assert all(penalised != answers[0] for penalised in answers[1:]), answers  # each penalty changed the answer
