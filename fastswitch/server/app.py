@@ -1,6 +1,8 @@
-"""The OpenAI-compatible HTTP server: /v1/models, /v1/completions, /v1/chat/completions (streaming or not).
+"""The OpenAI-compatible HTTP server: /v1/models, /v1/completions, /v1/chat/completions (streaming or not),
+plus /metrics (Prometheus), /version, /tokenize, /detokenize, /health and /stats.
 
-Every request becomes one engine request, tagged with its client (the `X-Client-Id` header, else the
+Every prompt of a request becomes one engine request (n samples of it share one prefill, see
+generation.py), tagged with its client (the `X-Client-Id` header, else the
 body's `user`, else "anonymous"; an id longer than MAX_CLIENT_ID_CHARS is kept as its SHA-256) and
 priority (the body's `priority`, 0 most urgent), so the engine's policy (fcfs, priority, or vtc's
 per-client fair share) decides among concurrent clients.
