@@ -94,7 +94,7 @@ _NOT_USED = {
     "service_tier": ("auto",), "prediction": (), "safety_identifier": (), "prompt_cache_key": (),
 }  # fmt: skip
 _CHAT_NOT_USED = {
-    **_NOT_USED, "tools": ([],), "tool_choice": ("none",), "parallel_tool_calls": (True,), "functions": ([],),
+    **_NOT_USED, "tools": ([],), "tool_choice": ("none",), "parallel_tool_calls": (True, False), "functions": ([],),
     "function_call": ("none",), "documents": (), "chat_template": (), "echo": (False,), "reasoning_effort": (),
     "include_reasoning": (True,), "modalities": (["text"],), "audio": (), "web_search_options": (),
     "verbosity": (), "structural_tag": (),

@@ -162,7 +162,7 @@ def test_tokenize_detokenize_round_trip_and_model_by_id(server):
 REJECTED_VALUES = {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto",
                    "response_format": {"type": "json_object"}, "echo": True, "suffix": "x",
                    "skip_special_tokens": False, "use_beam_search": True, "length_penalty": 2.0,
-                   "parallel_tool_calls": False, "include_reasoning": False, "store": True,
+                   "include_reasoning": False, "store": True,
                    "service_tier": "flex", "bad_words": ["x"], "return_token_ids": True,
                    "modalities": ["audio"], "function_call": "auto", "functions": [{"name": "f"}]}  # fmt: skip
 
