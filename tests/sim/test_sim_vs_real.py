@@ -11,6 +11,7 @@ line, host time, jitter) the simulated figures were 7-30x too small (errors 0.86
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -30,13 +31,28 @@ def sim_vs_real():
     del sys.modules["sim_vs_real"]
 
 
-def test_quick_run_writes_the_errors_and_stays_within_bounds(sim_vs_real, tmp_path):
+def quick_run(sim_vs_real, tmp_path) -> dict:
     out = tmp_path / "errors.json"
     assert sim_vs_real.main(["--quick", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result) == {"vllm", "fastswitch"}
     for preset, row in result.items():
         assert row["preemptions_real"] > 0 and row["preemptions_sim"] > 0, f"{preset}: the workload must preempt"
+        for metric in ("ttft", "tbt"):
+            for q in (50, 90):
+                assert math.isfinite(row[f"{metric}_p{q}_rel_error"]) and row[f"{metric}_p{q}_sim_s"] > 0, row
+    return result
+
+
+def test_quick_run_writes_the_errors_of_both_presets(sim_vs_real, tmp_path):
+    """The default run checks the benchmark end to end, not its accuracy: the real half's latencies follow
+    the load of the machine (a test must not depend on it being quiet), so the bounds are checked below."""
+    quick_run(sim_vs_real, tmp_path)
+
+
+@pytest.mark.slow
+def test_quick_run_stays_within_bounds_on_a_quiet_machine(sim_vs_real, tmp_path):
+    for preset, row in quick_run(sim_vs_real, tmp_path).items():
         for metric in ("ttft", "tbt"):
             assert row[f"{metric}_p50_rel_error"] <= P50_BOUND, (preset, metric, row)
             assert row[f"{metric}_p90_rel_error"] <= P90_BOUND, (preset, metric, row)
