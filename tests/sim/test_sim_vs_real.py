@@ -36,8 +36,10 @@ def quick_run(sim_vs_real, tmp_path) -> dict:
     assert sim_vs_real.main(["--quick", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result) == {"vllm", "fastswitch"}
-    for preset, row in result.items():
-        assert row["preemptions_real"] > 0 and row["preemptions_sim"] > 0, f"{preset}: the workload must preempt"
+    # Whether a given half preempts depends on how turns interleave, which follows the calibrated (load
+    # dependent) step times; over both presets and halves the workload must preempt.
+    assert sum(row["preemptions_real"] + row["preemptions_sim"] for row in result.values()) > 0, result
+    for row in result.values():
         for metric in ("ttft", "tbt"):
             for q in (50, 90):
                 assert math.isfinite(row[f"{metric}_p{q}_rel_error"]) and row[f"{metric}_p{q}_sim_s"] > 0, row
@@ -53,6 +55,7 @@ def test_quick_run_writes_the_errors_of_both_presets(sim_vs_real, tmp_path):
 @pytest.mark.slow
 def test_quick_run_stays_within_bounds_on_a_quiet_machine(sim_vs_real, tmp_path):
     for preset, row in quick_run(sim_vs_real, tmp_path).items():
+        assert row["preemptions_real"] > 0 and row["preemptions_sim"] > 0, f"{preset}: the workload must preempt"
         for metric in ("ttft", "tbt"):
             assert row[f"{metric}_p50_rel_error"] <= P50_BOUND, (preset, metric, row)
             assert row[f"{metric}_p90_rel_error"] <= P90_BOUND, (preset, metric, row)
