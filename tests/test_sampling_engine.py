@@ -20,14 +20,6 @@ VOCAB, EOS = 128, 1
 PROMPT = [5, 9, 30, 41, 7, 8, 9, 10, 11, 12, 13, 50, 60]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def hf():
     torch.manual_seed(0)
@@ -151,7 +143,8 @@ def test_stop_strings_cut_the_text_with_and_without_the_stop_string(model):
     kept = generate(engine, SamplingParams(max_tokens=12, ignore_eos=True, stop=stop, include_stop_str_in_output=True))
     assert kept.text == text[: first + len(stop)]
     # min_tokens: a stop string completed before it is not looked at again
-    late = generate(engine, SamplingParams(max_tokens=12, ignore_eos=True, stop=[stop], min_tokens=first + len(stop) + 1))
+    late_params = SamplingParams(max_tokens=12, ignore_eos=True, stop=[stop], min_tokens=first + len(stop) + 1)
+    late = generate(engine, late_params)
     assert late.text.find(stop) in (first, -1) and len(late.token_ids) > first + len(stop)
     engine.close()
 
