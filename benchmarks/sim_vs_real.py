@@ -59,7 +59,7 @@ class Setup:
 
 
 FULL = Setup(None, 12, 1.0, 120, 60, 1.0, 1024, 96, 10)
-QUICK = Setup("tiny-random", 12, 5.0, 50, 24, 0.3, 256, 24, 8)
+QUICK = Setup("tiny-random", 12, 1000.0, 50, 24, 0.3, 256, 16, 8)
 
 
 def workload_of(setup: Setup, seed: int, vocab_size: int, conversations: int):
