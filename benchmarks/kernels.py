@@ -171,7 +171,8 @@ def main() -> None:
             peak = 2 * copy_bandwidth(1 << 30, device, args.repeats)
             peak_source = "measured 1 GiB device copy (read + write)"
         backend, dtype = "triton", torch.bfloat16
-        decode, prefill, pack = [("decode", 32, 4096, 1), ("decode", 4, 16384, 1)], [("prefill", 4, 2048, 2048)], (32, 4096)
+        decode = [("decode", 32, 4096, 1), ("decode", 4, 16384, 1)]
+        prefill, pack = [("prefill", 4, 2048, 2048)], (32, 4096)
     else:
         device_name, peak, peak_source = "cpu", None, None
         backend, dtype = "torch", torch.float32
@@ -179,25 +180,33 @@ def main() -> None:
         # every small op into a scheduler wait.
         torch.set_num_threads(1)
         decode, prefill, pack = [("decode", 4, 1024, 1)], [("prefill", 1, 512, 512)], (8, 1024)
-        print("No CUDA device: measuring the torch path only (float32, small shapes); the Triton interpreter is not a kernel.\n")
+        print(
+            "No CUDA device: measuring the torch path only (float32, small shapes); "
+            "the Triton interpreter is not a kernel.\n"
+        )
 
     rows = [attention_row(*case, dtype, device, backend, peak, args.repeats, rng) for case in decode + prefill]
     rows += pack_rows(*pack, dtype, device, backend, peak, args.repeats, rng)
 
     peak_text = "" if peak is None else f"   peak: {peak / 1e9:.0f} GB/s ({peak_source})"
     print(f"device: {device_name}   backend: {backend}   dtype: {dtype}{peak_text}")
-    header = f"{'kernel':<16} {'shape':<40} {'ms':>8} {'GB/s':>8} {'baseline':<16} {'GB/s':>8} {'% base':>7} {'% peak':>7}"
+    header = (
+        f"{'kernel':<16} {'shape':<40} {'ms':>8} {'GB/s':>8} {'baseline':<16} {'GB/s':>8} {'% base':>7} {'% peak':>7}"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
         peak_text = "-" if row.percent_of_peak is None else f"{row.percent_of_peak:.1f}"
         print(
-            f"{row.kernel:<16} {row.shape:<40} {1e3 * row.seconds:>8.2f} {row.gbps:>8.2f} {row.baseline:<16} {row.baseline_gbps:>8.2f} "
-            f"{row.percent_of_baseline:>7.1f} {peak_text:>7}"
+            f"{row.kernel:<16} {row.shape:<40} {1e3 * row.seconds:>8.2f} {row.gbps:>8.2f} "
+            f"{row.baseline:<16} {row.baseline_gbps:>8.2f} {row.percent_of_baseline:>7.1f} {peak_text:>7}"
         )
     out = Path(__file__).parent / "results" / "kernels.json"
     out.parent.mkdir(exist_ok=True)
-    payload = {"device": device_name, "backend": backend, "dtype": str(dtype), "peak_bandwidth": peak, "peak_source": peak_source, "rows": [asdict(r) for r in rows]}
+    payload = {
+        "device": device_name, "backend": backend, "dtype": str(dtype), "peak_bandwidth": peak,
+        "peak_source": peak_source, "rows": [asdict(r) for r in rows],
+    }  # fmt: skip
     out.write_text(json.dumps(payload, indent=2))
     print(f"\nwrote {out}")
 

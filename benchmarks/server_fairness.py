@@ -44,9 +44,10 @@ def client_loop(base_url: str, client_id: str, deadline: float, args: argparse.N
         started = time.monotonic()
         first = None
         tokens = 0
-        stream = client.completions.create(model="bench", prompt=f"{client_id} request {n}: tell me a story",
-                                           max_tokens=args.max_tokens, stream=True, temperature=0,
-                                           stream_options={"include_usage": True}, extra_body={"ignore_eos": True})  # fmt: skip
+        stream = client.completions.create(
+            model="bench", prompt=f"{client_id} request {n}: tell me a story", max_tokens=args.max_tokens,
+            stream=True, temperature=0, stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+        )  # fmt: skip
         for chunk in stream:
             if first is None and chunk.choices:
                 first = time.monotonic()
@@ -60,8 +61,10 @@ def client_loop(base_url: str, client_id: str, deadline: float, args: argparse.N
 
 
 def run_policy(policy: str, args: argparse.Namespace) -> tuple[list[dict], dict]:
-    serving = ServingEngine.load(args.model, "fastswitch", progress=False, policy=policy, max_num_seqs=args.max_num_seqs,
-                                 num_gpu_blocks=args.num_gpu_blocks, attention_backend=args.attention_backend)  # fmt: skip
+    serving = ServingEngine.load(
+        args.model, "fastswitch", progress=False, policy=policy, max_num_seqs=args.max_num_seqs,
+        num_gpu_blocks=args.num_gpu_blocks, attention_backend=args.attention_backend,
+    )  # fmt: skip
     records: list[dict] = []
     lock = threading.Lock()
     with serving_in_background(create_app(serving, model_id="bench")) as base_url:
@@ -97,10 +100,14 @@ def main() -> None:
     parser.add_argument("--policies", nargs="+", default=["fcfs", "vtc"], help="policies to compare (default fcfs vtc)")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of load per policy (default 15)")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens per answer (default 32)")
-    parser.add_argument("--heavy-streams", type=int, default=8, help="concurrent streams of the heavy client (default 8)")
+    parser.add_argument(
+        "--heavy-streams", type=int, default=8, help="concurrent streams of the heavy client (default 8)"
+    )
     parser.add_argument("--light-clients", type=int, default=3, help="light clients (default 3)")
     parser.add_argument("--think-time", type=float, default=0.2, help="light clients' pause between requests (s)")
-    parser.add_argument("--max-num-seqs", type=int, default=4, help="requests batched at most: the bottleneck (default 4)")
+    parser.add_argument(
+        "--max-num-seqs", type=int, default=4, help="requests batched at most: the bottleneck (default 4)"
+    )
     parser.add_argument("--num-gpu-blocks", type=int, default=64, help="device KV blocks (default 64)")
     parser.add_argument("--attention-backend", default="auto", choices=("auto", "triton", "torch"))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")

@@ -57,7 +57,9 @@ def main() -> None:
         # Improvement over vllm, seed by seed, then averaged (> 1 is better).
         for metric in METRICS[:5]:
             ratios = [
-                baselines[r["seed"]][metric] / r[metric] if metric in LOWER_IS_BETTER else r[metric] / baselines[r["seed"]][metric]
+                baselines[r["seed"]][metric] / r[metric]
+                if metric in LOWER_IS_BETTER
+                else r[metric] / baselines[r["seed"]][metric]
                 for r in runs
             ]
             row[f"{metric}_x"] = statistics.mean(ratios)

@@ -34,6 +34,8 @@ def test_context_plus_new_tokens_decode_to_the_full_rendering(tokenizer, answer_
 
 
 def test_history_must_end_with_the_answer(tokenizer):
-    history = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    history = [
+        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}
+    ]  # fmt: skip
     with pytest.raises(ValueError, match="'user' message"):
         chat_turn_tokens(tokenizer, history, "d", None)

@@ -43,4 +43,4 @@ def test_a_matcher_needs_a_stop_string_and_a_match_for_its_text():
     with pytest.raises(ValueError, match="at least one stop string"):
         StopStringMatcher(chars, [])
     with pytest.raises(ValueError, match="no stop string has been found"):
-        StopStringMatcher(chars, ["x"]).final_text
+        _ = StopStringMatcher(chars, ["x"]).final_text

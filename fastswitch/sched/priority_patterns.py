@@ -24,7 +24,7 @@ Both draw from one `random.Random(seed)`, so a run is reproducible from `EngineC
 from __future__ import annotations
 
 import random
-from typing import Iterable
+from collections.abc import Iterable
 
 from fastswitch.sched.request import Request
 

@@ -28,9 +28,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("experiment", nargs="?", help="a named experiment (see --list)")
     parser.add_argument("--list", action="store_true", help="list the named experiments and exit")
-    parser.add_argument("--presets", nargs="+", help="presets or ablation steps, e.g. vllm vllm+block_groups fastswitch")
+    parser.add_argument(
+        "--presets", nargs="+", help="presets or ablation steps, e.g. vllm vllm+block_groups fastswitch"
+    )
     parser.add_argument("--conversations", type=int, help="number of conversations (paper: 1000)")
-    parser.add_argument("--rate", type=float, help="requests (turns) per second (paper: 1); conversations start at rate / 5.5")
+    parser.add_argument(
+        "--rate", type=float, help="requests (turns) per second (paper: 1); conversations start at rate / 5.5"
+    )
     parser.add_argument("--rates", type=float, nargs="+", help="sweep over these request rates")
     parser.add_argument("--seeds", type=int, nargs="+", help="workload and engine seeds")
     parser.add_argument("--processes", type=int, help="local worker processes, or the CPUs of a local Ray instance "

@@ -89,10 +89,10 @@ class HardwareProfile:
         for name in ("mfu", "bandwidth_efficiency"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must lie in (0, 1] (profile {self.name!r})")
-        if self.gpu_link_gbs is None:
-            object.__setattr__(self, "gpu_link_gbs", min(self.h2d_gbs, self.d2h_gbs))  # PCIe peer-to-peer
-        if not self.gpu_link_gbs > 0:
-            raise ValueError(f"gpu_link_gbs={self.gpu_link_gbs!r} must be > 0 (profile {self.name!r})")
+        link = min(self.h2d_gbs, self.d2h_gbs) if self.gpu_link_gbs is None else self.gpu_link_gbs  # PCIe p2p
+        if not link > 0:
+            raise ValueError(f"gpu_link_gbs={link!r} must be > 0 (profile {self.name!r})")
+        object.__setattr__(self, "gpu_link_gbs", link)
         for name in ("copy_call_latency_us", "step_overhead_us", "copy_call_cpu_us", "scheduler_step_us",
                      "scheduler_seq_us", "allreduce_latency_us"):  # fmt: skip
             if getattr(self, name) < 0:

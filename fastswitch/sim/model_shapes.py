@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from typing import Any
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
@@ -44,7 +45,8 @@ class ModelShape:
                 raise ValueError(f"{name}={value!r} must be a positive integer (model {self.name!r})")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
-                f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads} (model {self.name!r})"
+                f"num_heads={self.num_heads} must be a multiple of "
+                f"num_kv_heads={self.num_kv_heads} (model {self.name!r})"
             )
 
     def shard(self, tensor_parallel_size: int) -> ModelShape:
@@ -128,7 +130,7 @@ class ModelShape:
         return self.kv_bytes_per_token * block_size
 
     @classmethod
-    def from_hf_config(cls, config: object, name: str | None = None, dtype_bytes: int | None = None) -> ModelShape:
+    def from_hf_config(cls, config: Any, name: str | None = None, dtype_bytes: int | None = None) -> ModelShape:
         """Shape of any Hugging Face decoder config with Llama's field names (LlamaConfig, Qwen2Config...)."""
         missing = [f for f in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
                                "vocab_size") if getattr(config, f, None) is None]  # fmt: skip

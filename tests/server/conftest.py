@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from server_harness import running_server
 
 from fastswitch.server import tiny_random_llama
+from server_harness import running_server
 
 
 @pytest.fixture(scope="session")

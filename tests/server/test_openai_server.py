@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -142,7 +141,8 @@ def test_client_that_disconnects_mid_stream_frees_its_request_and_blocks(server)
     assert engine.has_unfinished() and engine.stats()["num_free_gpu_blocks"] < engine.stats()["num_gpu_blocks"]
     connection.close()  # hang up with the answer far from done
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (engine.has_unfinished() or app.state.engine_thread.num_aborted == aborted_before):
+    engine_thread = app.state.engine_thread
+    while time.monotonic() < deadline and (engine.has_unfinished() or engine_thread.num_aborted == aborted_before):
         time.sleep(0.05)
     _, stats = http_json(base_url, "GET", "/stats")
     assert stats["num_aborted"] == aborted_before + 1 and stats["num_live_requests"] == 0
@@ -170,7 +170,8 @@ def test_vtc_serves_a_new_client_before_another_clients_backlog(tiny_model):
         def wait_until_live(count: int) -> None:
             deadline = time.monotonic() + 30
             while app.state.engine_thread.num_live < count:
-                assert time.monotonic() < deadline, f"only {app.state.engine_thread.num_live} of {count} requests queued"
+                live = app.state.engine_thread.num_live
+                assert time.monotonic() < deadline, f"only {live} of {count} requests queued"
                 time.sleep(0.005)
 
         with ThreadPoolExecutor(4) as pool:
@@ -196,7 +197,8 @@ def test_client_that_gives_up_on_a_whole_answer_frees_its_request(server):
     try:
         body = {"model": "tiny", "prompt": "Another long story", "max_tokens": 480, "ignore_eos": True}
         connection = http.client.HTTPConnection(base_url.removeprefix("http://"), timeout=30)
-        connection.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        connection.request("POST", "/v1/completions", body=json.dumps(body), headers=headers)
         wait_for(lambda: engine_thread.num_live == 1, "the request to be queued")
         connection.close()  # give up before a single token
         wait_for(lambda: engine_thread.num_aborted == aborted_before + 1, "the disconnect to abort the request")
