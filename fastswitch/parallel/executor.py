@@ -5,8 +5,9 @@ worker in one message, then has rank 0's own `ModelExecutor` run its shard of th
 meets the workers' shards in the all-reduces; rank 0 alone computes the logits (the LM head is
 replicated) and samples, once. Clock and per-request state are rank 0's executor's.
 
-It wraps rather than extends that executor and offers no `fork`: forked samples (n > 1) copy KV
-blocks inside the executor, which would reach rank 0's shard only, so the engine refuses them here.
+It wraps rather than extends that executor. Its `fork` (SamplingParams.n > 1) copies the prompt's KV
+blocks on rank 0's shard at once and queues the same block copies for every worker: they make them at
+the start of the next step, before that step's swap copies and forward, the first that can read them.
 """
 
 from __future__ import annotations
@@ -40,3 +41,7 @@ class TensorParallelExecutor:
 
     def release(self, request_id: str) -> None:
         self.rank0.release(request_id)
+
+    def fork(self, chunk_index: int, forks: list, src_blocks: list[int], dst_blocks: list[int]) -> list[int]:
+        self.workers.copy_blocks(src_blocks, dst_blocks)
+        return self.rank0.fork(chunk_index, forks, src_blocks, dst_blocks)

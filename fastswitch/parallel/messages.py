@@ -1,7 +1,8 @@
 """What the engine's process (rank 0) sends its tensor-parallel workers, and what they answer.
 
-One `Step` per engine step carries everything a worker must do for it, in order: submit the swap
-copies the scheduler issued since the last step, wait for the copies rank 0 has seen complete (the
+One `Step` per engine step carries everything a worker must do for it, in order: copy the blocks of
+the samples forked since the last step (SamplingParams.n > 1), submit the swap copies the scheduler
+issued since the last step, wait for the copies rank 0 has seen complete (the
 scheduler now relies on them: freed blocks get rewritten, swapped-in sequences run), then run its
 shard of the forward over the same chunks.
 """
@@ -30,6 +31,7 @@ class Step:
     copies: list[tuple[int, CopyJob]] = field(default_factory=list)  # (job id, job), in submission order
     completed: list[int] = field(default_factory=list)  # job ids to wait for before the forward
     chunks: list[ForwardChunk] = field(default_factory=list)  # empty: copies only (at close)
+    block_copies: list[tuple[list[int], list[int]]] = field(default_factory=list)  # forks: (src, dst) blocks
 
 
 @dataclass(frozen=True)

@@ -47,10 +47,13 @@ class WorkerState:
         self.runner = ModelRunner(model, self.device_cache, backend=build.attention_backend)
         self.copies = TorchCopyEngine(self.device_cache, self.host_cache, asynchronous=build.async_swap)
         self.in_flight: dict[int, object] = {}
-        self.stats = {"steps": 0, "copy_jobs": 0, "copy_calls": 0, "copy_blocks": 0}
+        self.stats = {"steps": 0, "copy_jobs": 0, "copy_calls": 0, "copy_blocks": 0, "forked_blocks": 0}
 
     @torch.inference_mode()
     def step(self, message: Step) -> None:
+        for src, dst in message.block_copies:
+            self.device_cache.copy_blocks(src, dst)
+            self.stats["forked_blocks"] += len(dst)
         for job_id, job in message.copies:
             self.in_flight[job_id] = self.copies.submit(job)
             self.stats["copy_jobs"] += 1

@@ -74,6 +74,7 @@ class WorkerGroup:
         self.failure: WorkerFailure | None = None
         self._next_job_id = 0
         self._queued: list[tuple[int, CopyJob]] = []
+        self._block_copies: list[tuple[list[int], list[int]]] = []
         self._completed: list[int] = []
         self._finalizer = weakref.finalize(self, _kill, list(processes))
 
@@ -170,13 +171,17 @@ class WorkerGroup:
         self._queued.append((job_id, job))
         return job_id
 
+    def copy_blocks(self, src_blocks: list[int], dst_blocks: list[int]) -> None:
+        """Queues a device block copy src -> dst (a forked sample's prompt KV) for every worker."""
+        self._block_copies.append((list(src_blocks), list(dst_blocks)))
+
     def completed(self, job_id: int) -> None:
         """Rank 0 has seen the job done: the workers wait for theirs before their next forward."""
         self._completed.append(job_id)
 
     def send_step(self, chunks: list[ForwardChunk]) -> None:
-        message = Step(self._queued, self._completed, chunks)
-        self._queued, self._completed = [], []
+        message = Step(self._queued, self._completed, chunks, self._block_copies)
+        self._queued, self._completed, self._block_copies = [], [], []
         self._send(message)
 
     def collective_failed(self, error: BaseException) -> WorkerFailure:
@@ -193,7 +198,7 @@ class WorkerGroup:
     # ---- inspection and shutdown --------------------------------------------------------------------
 
     def worker_stats(self) -> list[dict]:
-        """Each worker's counters (steps, copy_jobs, copy_calls, copy_blocks), ranks 1..N-1 in order."""
+        """Each worker's counters (steps, copy_jobs, copy_calls, copy_blocks, forked_blocks), ranks 1..N-1."""
         self._send(StatsRequest())
         return [self._receive(conn, STOP_TIMEOUT_S) for conn in self.conns]
 

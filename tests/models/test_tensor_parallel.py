@@ -103,6 +103,24 @@ def test_sizes_that_do_not_divide_the_model_are_refused_before_any_spawn():
         LLM(hf, tensor_parallel_size=0)
 
 
+def test_tp2_forked_samples_equal_tp1(tp_pair):
+    """n > 1 under TP: the prompt is prefilled once and its KV blocks copied to the other samples on
+    every rank (a worker that skipped the copy would attend over stale blocks and drift)."""
+    family, hf, tp2 = tp_pair
+    params = SamplingParams(n=3, temperature=0.9, seed=11, max_tokens=8, ignore_eos=True)
+    prompt_list = prompts(seed=4, count=3)
+    tp1 = LLM(hf, **engine_config(family))
+    expected = [[sample.token_ids for sample in o.samples] for o in tp1.generate(prompt_list, params)]
+    got = [[sample.token_ids for sample in o.samples] for o in tp2.generate(prompt_list, params)]
+    tp1.close()
+    assert got == expected
+    assert any(len({tuple(t) for t in samples}) > 1 for samples in got)  # the samples do differ
+    (worker,) = tp2.workers.worker_stats()
+    assert worker["forked_blocks"] > 0
+    stats = tp2.stats()
+    assert stats["num_free_gpu_blocks"] == stats["num_gpu_blocks"]
+
+
 def test_worker_killed_mid_step_fails_the_engine_with_a_clear_error(tp_pair, monkeypatch):
     family, hf, tp2 = tp_pair
     if family != "qwen3":  # the module's engines run family by family: qwen3's is the last one
