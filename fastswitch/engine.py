@@ -32,8 +32,8 @@ from fastswitch.cache.kv_cache import KVCache
 from fastswitch.cache.swap_manager import SwapManager
 from fastswitch.completions import check_params, equip, final_text, sample_params
 from fastswitch.config import EngineConfig
-from fastswitch.models.runner import ForwardChunk, ModelRunner
 from fastswitch.models.logprobs import token_logprobs
+from fastswitch.models.runner import ModelRunner
 from fastswitch.models.sampling import Sampler, SamplingParams, TokenHistory
 from fastswitch.outputs import RequestOutput
 from fastswitch.sched.conversation import Conversation
@@ -140,8 +140,7 @@ class ModelExecutor:
     def _forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
         """The last-token logits of every chunk; records prompt logprobs for the chunks that want them."""
         wanted = [i for i, c in enumerate(chunks) if _prompt_rows(c)]
-        forward_chunks = [ForwardChunk(c.token_ids, c.num_cached, c.block_table) for c in chunks]
-        logits, every_token = self.runner.forward_every_token(forward_chunks, wanted)
+        logits, every_token = self.runner.forward_every_token(chunks, wanted)
         for i in wanted:
             request, rows = chunks[i].request, _prompt_rows(chunks[i])
             positions = [chunks[i].num_cached + row + 1 for row in rows]  # row j predicts the next token

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from fastswitch.kernels import reference
-from fastswitch.kernels.checks import BatchLayout
+from fastswitch.kernels.attention_batch import AttentionBatch
 from fastswitch.kernels.dispatch import BACKENDS, resolve_backend
 
 
@@ -23,14 +23,14 @@ def paged_attention(
     scale: float | None = None,
     backend: str = "auto",
     *,
-    layout: BatchLayout | None = None,
+    layout: AttentionBatch | None = None,
 ) -> torch.Tensor:
     """Causal attention of packed new tokens q [T, Hq, D] over the paged cache; returns [T, Hq, D].
 
     k_cache / v_cache [num_blocks, block_size, Hkv, D] (any strides); block_tables [B, max_blocks]
     int32; seq_lens [B] int32 = cached + new tokens; query_start_loc [B + 1] int32 cumulative. Query i
     of sequence b sits at position seq_lens[b] - q_len_b + i. scale defaults to 1/sqrt(D). `layout`:
-    host copies of query_start_loc and seq_lens, to spare a device sync per call (see BatchLayout).
+    the AttentionBatch of these tensors, whose host lists spare a device sync per call.
     """
     args = (q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)
     if resolve_backend(backend, q.device) == "triton":
@@ -82,4 +82,4 @@ def unpack_blocks(staging: torch.Tensor, cache: torch.Tensor, runs: list[tuple[i
     reference.unpack_blocks(staging, cache, runs)
 
 
-__all__ = ["BACKENDS", "BatchLayout", "paged_attention", "store_kv", "pack_blocks", "unpack_blocks", "resolve_backend"]
+__all__ = ["BACKENDS", "AttentionBatch", "paged_attention", "store_kv", "pack_blocks", "unpack_blocks", "resolve_backend"]

@@ -13,9 +13,8 @@ plan halves its key step, then its query tile, until the bound fits. The compile
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-from fastswitch.kernels.checks import BatchLayout
 
 MIN_DOT_SIZE = 16  # tl.dot needs every dimension >= 16
 PREFILL_ROWS = 64  # rows (query tokens x grouped heads) of a prefill tile on a GPU
@@ -74,7 +73,8 @@ def shared_memory_bound(block_m: int, block_n: int, head_dim_pad: int, full_prec
 
 
 def plan_attention(
-    layout: BatchLayout,
+    query_lens: Sequence[int],
+    max_seq_len: int,
     num_q_heads: int,
     num_kv_heads: int,
     head_dim: int,
@@ -84,7 +84,8 @@ def plan_attention(
     shared_memory: int | None = None,
     full_precision: bool = False,
 ) -> AttentionPlan:
-    """Pick tile sizes and work items for a batch.
+    """Pick tile sizes and work items for a batch of sequences with query_lens new tokens each, the
+    longest max_seq_len tokens long (cached + new).
 
     num_sms is 1 under the interpreter (programs run serially); shared_memory is the device's bytes of
     shared memory per program (None: no limit, as under the interpreter); full_precision: the kernel
@@ -92,7 +93,7 @@ def plan_attention(
     """
     group = num_q_heads // num_kv_heads
     group_pad = next_power_of_two(group)
-    max_query_len = max((layout.query_len(b) for b in range(layout.num_seqs)), default=0)
+    max_query_len = max(query_lens, default=0)
     head_dim_pad = max(MIN_DOT_SIZE, next_power_of_two(head_dim))
     # Decode (one query per sequence) keeps one token per tile; prefill stacks tokens up to
     # PREFILL_ROWS rows, half as many for 256-wide heads, so that the fp32 accumulator [rows, D] a
@@ -104,12 +105,9 @@ def plan_attention(
     if shared_memory is not None:
         block_q, block_n = _fit_shared_memory(block_q, block_n, group_pad, head_dim_pad, full_precision, shared_memory)
     block_m = max(MIN_DOT_SIZE, block_q * group_pad)
-    work_items = [
-        (b, start) for b in range(layout.num_seqs) for start in range(0, layout.query_len(b), block_q)
-    ]
+    work_items = [(b, start) for b, query_len in enumerate(query_lens) for start in range(0, query_len, block_q)]
     if num_splits is None:
-        max_kv_len = max(layout.seq_lens, default=0)
-        num_splits = choose_num_splits(len(work_items) * num_kv_heads, max_kv_len, num_sms)
+        num_splits = choose_num_splits(len(work_items) * num_kv_heads, max_seq_len, num_sms)
     if num_splits < 1:
         raise ValueError(f"num_splits={num_splits} must be at least 1")
     num_warps = 8 if block_m * head_dim_pad >= 128 * 128 else 4

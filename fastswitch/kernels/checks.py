@@ -6,35 +6,14 @@ same message, and nothing is written before the check passes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+
+from fastswitch.kernels.attention_batch import AttentionBatch
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MIN_BLOCK_SIZE = 8
 MAX_BLOCK_SIZE = 128
 MAX_HEAD_DIM = 256
-
-
-@dataclass(frozen=True)
-class BatchLayout:
-    """The host-side view of a packed batch: where each sequence's queries lie and how long it is.
-
-    paged_attention reads it from the device tensors (on a GPU, one synchronisation per call). A caller
-    that holds these lists already, as an engine does when it builds the batch, can pass them as
-    `paged_attention(..., layout=BatchLayout(...))` once for all layers of a step; the check that
-    block ids lie in the cache needs the device data and is then the caller's promise.
-    """
-
-    query_start_loc: list[int]  # [B + 1], cumulative
-    seq_lens: list[int]  # [B], cached + new tokens
-
-    @property
-    def num_seqs(self) -> int:
-        return len(self.seq_lens)
-
-    def query_len(self, b: int) -> int:
-        return self.query_start_loc[b + 1] - self.query_start_loc[b]
 
 
 def _check_dtype(name: str, tensor: torch.Tensor) -> None:
@@ -58,12 +37,14 @@ def check_paged_attention(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     query_start_loc: torch.Tensor,
-    layout: BatchLayout | None = None,
-) -> BatchLayout:
-    """Check shapes, dtypes and the batch layout; return the layout as host lists.
+    layout: AttentionBatch | None = None,
+) -> AttentionBatch:
+    """Check shapes, dtypes and the batch; return it as an AttentionBatch, whose host lists both
+    backends read (the torch twin to slice sequences, the Triton launcher to size its grid).
 
-    Without `layout` it is read to the host in one transfer (on a GPU, one synchronisation): both
-    backends need it, the torch twin to slice sequences and the Triton launcher to size its grid.
+    Without `layout` the lists are read from the tensors in one transfer (on a GPU, one
+    synchronisation), together with the range of block ids, which is checked against the cache. With
+    it, that check is the caller's promise (the ModelRunner checks the block ids it packs).
     """
     if q.dim() != 3:
         raise ValueError(f"q has shape {tuple(q.shape)}; expected [T, Hq, D]")
@@ -120,14 +101,20 @@ def check_paged_attention(
 
 def _read_layout(
     block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor, num_blocks: int
-) -> BatchLayout:
-    """Read the layout, and the range of block ids, to the host in one transfer."""
+) -> AttentionBatch:
+    """Read the host lists, and the range of block ids, in one transfer."""
     num_seqs = seq_lens.shape[0]
     extremes = [block_tables.min().view(1), block_tables.max().view(1)] if block_tables.numel() else []
     host = torch.cat([query_start_loc, seq_lens, *extremes]).tolist()
     if extremes and not 0 <= host[-2] <= host[-1] < num_blocks:
         raise ValueError(f"block_tables holds ids in [{host[-2]}, {host[-1]}]; valid ids are [0, {num_blocks})")
-    return BatchLayout(query_start_loc=host[: num_seqs + 1], seq_lens=host[num_seqs + 1 : 2 * num_seqs + 1])
+    return AttentionBatch(
+        query_start_loc=host[: num_seqs + 1],
+        seq_lens=host[num_seqs + 1 : 2 * num_seqs + 1],
+        block_tables=block_tables,
+        query_start_loc_tensor=query_start_loc,
+        seq_lens_tensor=seq_lens,
+    )
 
 
 def check_store_kv(

@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
+from fastswitch.kernels.attention_batch import AttentionBatch
 from fastswitch.kernels.checks import (
-    BatchLayout,
     check_block_major_cache,
     check_paged_attention,
     check_runs,
     check_staging,
-    new_staging,
     check_store_kv,
+    new_staging,
 )
 
 
@@ -32,14 +32,14 @@ def paged_attention(
     query_start_loc: torch.Tensor,
     scale: float | None = None,
     *,
-    layout: BatchLayout | None = None,
+    layout: AttentionBatch | None = None,
 ) -> torch.Tensor:
     """Causal attention of packed new tokens over each sequence's paged KV; returns [T, Hq, D] in q's dtype.
 
     q [T, Hq, D]; k_cache/v_cache [num_blocks, block_size, Hkv, D]; block_tables [B, max_blocks] int32;
     seq_lens [B] int32 (cached + new); query_start_loc [B + 1] int32. Query i of sequence b sits at
     position seq_lens[b] - q_len_b + i and sees keys at positions <= its own. `layout`: host copies of
-    query_start_loc and seq_lens, when the caller has them (see BatchLayout).
+    query_start_loc and seq_lens, when the caller has them (see AttentionBatch).
 
     All decodes (q_len 1) are attended in one batched call; each longer query (prefill, chunked
     prefill) in its own, so a prefill never pads the decodes' queries to its length.

@@ -22,8 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
+from fastswitch.kernels.attention_batch import AttentionBatch
 from fastswitch.kernels.attention_plan import merge_block_size, next_power_of_two, plan_attention
-from fastswitch.kernels.checks import BatchLayout, check_paged_attention
+from fastswitch.kernels.checks import check_paged_attention
 from fastswitch.kernels.dispatch import triton_interpreting
 
 LOG2_E = 1.4426950408889634
@@ -168,7 +169,7 @@ def paged_attention_triton(
     scale: float | None = None,
     num_splits: int | None = None,
     *,
-    layout: BatchLayout | None = None,
+    layout: AttentionBatch | None = None,
 ) -> torch.Tensor:
     """The Triton twin of `reference.paged_attention`; num_splits forces the flash-decoding split count."""
     layout = check_paged_attention(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, layout)
@@ -179,7 +180,7 @@ def paged_attention_triton(
     # fp32 caches need full-precision products; tf32 is exact for bf16/fp16 inputs to QK^T.
     full_precision = q.dtype == torch.float32
     plan = plan_attention(
-        layout, num_q_heads, num_kv_heads, head_dim, num_sms, num_splits,
+        layout.query_lens, max(layout.seq_lens, default=0), num_q_heads, num_kv_heads, head_dim, num_sms, num_splits,
         shared_memory=shared_memory, full_precision=full_precision,
     )
     out = torch.empty((num_tokens, num_q_heads, head_dim), dtype=q.dtype, device=q.device)

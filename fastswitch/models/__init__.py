@@ -1,15 +1,14 @@
 """Llama-family models over the paged KV cache: loading, the serving forward, the runner, sampling."""
 
-from fastswitch.models.llama import SUPPORTED_MODEL_TYPES, AttentionBatch, LlamaForServing
+from fastswitch.models.llama import SUPPORTED_MODEL_TYPES, LlamaForServing
 from fastswitch.models.loader import LoadedModel, load_model
-from fastswitch.models.runner import ForwardChunk, KVCacheSpec, ModelRunner, default_num_blocks, kv_cache_spec
 from fastswitch.models.logprobs import Logprob
+from fastswitch.models.runner import Chunk, KVCacheSpec, ModelRunner, default_num_blocks, kv_cache_spec
 from fastswitch.models.sampling import Sampler, SamplingParams
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
-    "AttentionBatch",
-    "ForwardChunk",
+    "Chunk",
     "KVCacheSpec",
     "LlamaForServing",
     "LoadedModel",

@@ -21,16 +21,19 @@ The weights are created uninitialised (on the meta device first, so no random in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig
 
-from fastswitch.kernels import BatchLayout, paged_attention, store_kv
+from fastswitch.kernels import AttentionBatch, paged_attention, store_kv
 from fastswitch.models.rope import RotaryEmbedding, apply_rotary
 from fastswitch.parallel.partition import WHOLE_MODEL, Partition, check_tensor_parallel_size
+
+if TYPE_CHECKING:
+    from fastswitch.cache.kv_cache import KVCache
 
 # Model types whose checkpoints use Llama's architecture and weight names (plus the extras below).
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -93,24 +96,6 @@ def max_supported_len(config: PretrainedConfig) -> int:
     return min(limit, window) if window else limit
 
 
-@dataclass
-class AttentionBatch:
-    """Where the packed tokens of one step live in the paged cache (built by the ModelRunner)."""
-
-    slot_mapping: torch.Tensor  # [T] int64: block_id * block_size + offset of each new token
-    block_tables: torch.Tensor  # [B, max_blocks] int32, padded with 0
-    seq_lens: torch.Tensor  # [B] int32: cached + new tokens
-    query_start_loc: torch.Tensor  # [B + 1] int32, cumulative new-token counts
-    # Host copies of query_start_loc and seq_lens: spares paged_attention a device sync per layer, and
-    # length-dependent rope types read the sequence lengths from it.
-    layout: BatchLayout
-    backend: str = "auto"
-
-    @property
-    def query_lens(self) -> list[int]:
-        return [self.layout.query_len(b) for b in range(self.layout.num_seqs)]
-
-
 class RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float, **factory) -> None:
         super().__init__()
@@ -159,7 +144,9 @@ class LlamaAttention(nn.Module):
         sin: torch.Tensor,
         k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D], a view of the block-major cache
         v_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,  # [T] int64: the cache slot of each new token
         batch: AttentionBatch,
+        backend: str,
     ) -> torch.Tensor:
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
@@ -170,10 +157,10 @@ class LlamaAttention(nn.Module):
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
         v = v.unflatten(-1, (self.num_kv_heads, self.head_dim)).contiguous()
-        store_kv(k, v, k_cache, v_cache, batch.slot_mapping, backend=batch.backend)
+        store_kv(k, v, k_cache, v_cache, slot_mapping, backend=backend)
         out = paged_attention(
-            q, k_cache, v_cache, batch.block_tables, batch.seq_lens, batch.query_start_loc,
-            scale=self.scale, backend=batch.backend, layout=batch.layout,
+            q, k_cache, v_cache, batch.block_tables, batch.seq_lens_tensor, batch.query_start_loc_tensor,
+            scale=self.scale, backend=backend, layout=batch,
         )  # [T, Hq, D]
         return row_parallel(self.o_proj, out.flatten(1), self.partition)
 
@@ -200,8 +187,19 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, **factory)
         self.mlp = LlamaMLP(config, partition, **factory)
 
-    def forward(self, x, cos, sin, k_cache, v_cache, batch: AttentionBatch) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, batch)
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+        batch: AttentionBatch,
+        backend: str,
+    ) -> torch.Tensor:
+        attended = self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, slot_mapping, batch, backend)
+        x = x + attended
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -267,14 +265,19 @@ class LlamaForServing(nn.Module):
         self,
         input_ids: torch.Tensor,  # [T] int64
         positions: torch.Tensor,  # [T] int64
+        slot_mapping: torch.Tensor,  # [T] int64: block_id * block_size + offset of each new token
         batch: AttentionBatch,
-        kv_cache,  # fastswitch.cache.KVCache: .key(layer) / .value(layer) views
+        kv_cache: KVCache,
+        backend: str = "auto",
     ) -> torch.Tensor:
-        """Hidden states [T, hidden] after the final norm; K/V of the new tokens land in kv_cache."""
+        """Hidden states [T, hidden] after the final norm. The new tokens' K/V land in kv_cache at
+        slot_mapping, and every layer attends over the cache as `batch` says; backend picks the
+        kernels (see `fastswitch.kernels.dispatch`)."""
         hidden = self.embed_tokens(input_ids)
-        cos, sin = self.rotary.cos_sin(positions, batch.layout.seq_lens, batch.query_lens, hidden.dtype)
+        cos, sin = self.rotary.cos_sin(positions, batch.seq_lens, batch.query_lens, hidden.dtype)
         for index, layer in enumerate(self.layers):
-            hidden = layer(hidden, cos, sin, kv_cache.key(index), kv_cache.value(index), batch)
+            key, value = kv_cache.key(index), kv_cache.value(index)
+            hidden = layer(hidden, cos, sin, key, value, slot_mapping, batch, backend)
         return self.norm(hidden)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,14 @@
 """ModelRunner: one forward over a list of chunks (prefills, prefill pieces, decodes), packed together.
 
-A chunk is the new tokens of one sequence plus where its KV lives: `num_cached` tokens are already
-in the cache, and the chunk's tokens go to positions num_cached .. num_cached + len - 1 of its block
-table. The runner turns the chunks into the packed inputs of the Llama forward (token ids, positions,
-slot mapping, block tables, cumulative query starts), runs it, and returns the logits of each chunk's
-last token only: the lm_head over every prefill token would cost a vocab-sized matmul per token for
-nothing. `forward_every_token` adds every token's logits for the chunks that ask (prompt logprobs).
+The engine's executor hands it the scheduler's chunks as they are (`fastswitch.sched.ScheduledChunk`;
+a tensor-parallel worker, the same three fields in a `fastswitch.parallel.messages.StepChunk`): any
+object with the fields of `Chunk`. A chunk is the new tokens of one sequence plus where its KV lives:
+`num_cached` tokens are already in the cache, and the chunk's tokens go to positions num_cached ..
+num_cached + len - 1 of its block table. The runner packs the chunks into the inputs of the Llama
+forward (token ids, positions, the cache slot of each new token, and the `AttentionBatch` that every
+layer hands `paged_attention`), runs it, and returns the logits of each chunk's last token only: the
+lm_head over every prefill token would cost a vocab-sized matmul per token for nothing.
+`forward_every_token` adds every token's logits for the chunks that ask (prompt logprobs).
 
 Sizing helpers for the KV cache (from the model's config) live here too, so that whoever builds the
 cache needs no knowledge of the model beyond the runner.
@@ -16,11 +19,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from fastswitch.kernels import BatchLayout
-from fastswitch.models.llama import AttentionBatch, LlamaForServing
+from fastswitch.kernels import AttentionBatch
+from fastswitch.models.llama import LlamaForServing
+
+if TYPE_CHECKING:
+    from fastswitch.cache.kv_cache import KVCache
 
 # On CPU the pool is zero-filled host memory and runs are tests, demos and benchmarks: 1 GiB holds
 # ~23k tokens of SmolLM2-135M in fp32, which is plenty, without taking a shared machine's RAM.
@@ -29,11 +36,20 @@ CPU_KV_CACHE_BUDGET_BYTES = 1 << 30
 GPU_KV_CACHE_FRACTION = 0.8
 
 
-@dataclass
-class ForwardChunk:
-    token_ids: list[int]  # the new tokens of this sequence in this step
-    num_cached: int  # tokens of the sequence already in the cache
-    block_table: list[int]  # the sequence's block ids, covering at least num_cached + len(token_ids)
+class Chunk(Protocol):
+    """What the runner reads of a chunk (read-only, so frozen records fit too)."""
+
+    @property
+    def token_ids(self) -> Sequence[int]:
+        """The new tokens of this sequence in this step."""
+
+    @property
+    def num_cached(self) -> int:
+        """Tokens of the sequence already in the cache."""
+
+    @property
+    def block_table(self) -> Sequence[int]:
+        """The sequence's block ids, covering at least num_cached + len(token_ids) tokens."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +88,7 @@ def default_num_blocks(
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForServing, kv_cache, backend: str = "auto") -> None:
+    def __init__(self, model: LlamaForServing, kv_cache: KVCache, backend: str = "auto") -> None:
         expected = kv_cache_spec(model)
         actual = KVCacheSpec(kv_cache.num_layers, kv_cache.num_kv_heads, kv_cache.head_dim, kv_cache.data.dtype)
         if actual != expected:
@@ -83,16 +99,7 @@ class ModelRunner:
         self.kv_cache = kv_cache
         self.backend = backend
 
-    @staticmethod
-    def kv_cache_spec(model: LlamaForServing) -> KVCacheSpec:
-        return kv_cache_spec(model)
-
-    @staticmethod
-    def kv_cache_shape(model: LlamaForServing, num_blocks: int, block_size: int) -> tuple[int, ...]:
-        """Shape of the block-major cache tensor for model: [N, layers, 2, block_size, Hkv, D]."""
-        return (num_blocks, model.num_layers, 2, block_size, model.num_kv_heads, model.head_dim)
-
-    def _check_chunks(self, chunks: list[ForwardChunk]) -> None:
+    def _check_chunks(self, chunks: Sequence[Chunk]) -> None:
         if not chunks:
             raise ValueError("forward needs at least one chunk")
         block_size, num_blocks, vocab = self.kv_cache.block_size, self.kv_cache.num_blocks, self.model.vocab_size
@@ -112,14 +119,14 @@ class ModelRunner:
             if min(chunk.token_ids) < 0 or max(chunk.token_ids) >= vocab:
                 raise ValueError(f"chunk {index} has token ids outside the vocabulary 0..{vocab - 1}")
 
-    def prepare(self, chunks: list[ForwardChunk]) -> tuple[torch.Tensor, torch.Tensor, AttentionBatch]:
-        """Packed inputs of one step: token ids [T], positions [T] and the attention batch."""
+    def prepare(self, chunks: Sequence[Chunk]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, AttentionBatch]:
+        """Packed inputs of one step: token ids [T], positions [T], slot mapping [T] and the attention batch."""
         self._check_chunks(chunks)
         block_size = self.kv_cache.block_size
         query_lens = [len(c.token_ids) for c in chunks]
         seq_ends = [c.num_cached + n for c, n in zip(chunks, query_lens)]
         # Only the blocks that hold tokens: a table may reserve more, attention never needs them.
-        tables = [c.block_table[: math.ceil(end / block_size)] for c, end in zip(chunks, seq_ends)]
+        tables = [list(c.block_table[: math.ceil(end / block_size)]) for c, end in zip(chunks, seq_ends)]
         max_blocks = max(len(t) for t in tables)
         block_tables = torch.zeros((len(chunks), max_blocks), dtype=torch.int32)
         for row, table in enumerate(tables):
@@ -134,31 +141,31 @@ class ModelRunner:
         input_ids = torch.tensor([t for c in chunks for t in c.token_ids], dtype=torch.long)
 
         device = self.model.device
-        batch = AttentionBatch(
-            slot_mapping=slot_mapping.to(device),
-            block_tables=block_tables.to(device),
-            seq_lens=torch.tensor(seq_ends, dtype=torch.int32).to(device),
-            query_start_loc=torch.tensor(starts, dtype=torch.int32).to(device),
-            # _check_chunks has checked every block id against the cache: the promise layout asks for.
-            layout=BatchLayout(query_start_loc=starts, seq_lens=seq_ends),
-            backend=self.backend,
-        )
-        return input_ids.to(device), positions.to(device), batch
+        # _check_chunks has checked every block id against the cache: the promise a batch's host
+        # lists ask for (paged_attention then reads nothing back from the device).
+        batch = AttentionBatch.from_host(starts, seq_ends, block_tables.to(device))
+        return input_ids.to(device), positions.to(device), slot_mapping.to(device), batch
+
+    def run(self, chunks: Sequence[Chunk]) -> tuple[torch.Tensor, AttentionBatch]:
+        """The forward of one step: hidden states [T, hidden] after the final norm, and the batch
+        (its query_start_loc says which rows are whose). The chunks' K/V land in the cache."""
+        input_ids, positions, slot_mapping, batch = self.prepare(chunks)
+        hidden = self.model(input_ids, positions, slot_mapping, batch, self.kv_cache, self.backend)
+        return hidden, batch
 
     @torch.inference_mode()
-    def forward(self, chunks: list[ForwardChunk]) -> torch.Tensor:
+    def forward(self, chunks: Sequence[Chunk]) -> torch.Tensor:
         """Run every chunk's new tokens; return fp32 logits [len(chunks), vocab] of each chunk's last token."""
         return self.forward_every_token(chunks, ())[0]
 
     @torch.inference_mode()
     def forward_every_token(
-        self, chunks: list[ForwardChunk], every_token: Sequence[int]
+        self, chunks: Sequence[Chunk], every_token: Sequence[int]
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """`forward`, plus the fp32 logits [len(token_ids), vocab] of every token of the chunks whose
         indices are in every_token (what prompt logprobs need); the lm_head runs on those rows only."""
-        input_ids, positions, batch = self.prepare(chunks)
-        hidden = self.model(input_ids, positions, batch, self.kv_cache)  # [T, hidden]
-        starts = batch.layout.query_start_loc
+        hidden, batch = self.run(chunks)  # [T, hidden]
+        starts = batch.query_start_loc
         rows = [end - 1 for end in starts[1:]]
         spans: dict[int, tuple[int, int]] = {}
         for index in sorted(set(every_token)):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fastswitch.models.runner import ForwardChunk
+from fastswitch.parallel.messages import StepChunk
 from fastswitch.sched.request import ScheduledChunk
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ class TensorParallelExecutor:
         return self.rank0.now()
 
     def execute(self, chunks: list[ScheduledChunk]) -> list[int | None]:
-        self.workers.send_step([ForwardChunk(c.token_ids, c.num_cached, c.block_table) for c in chunks])
+        self.workers.send_step([StepChunk(c.token_ids, c.num_cached, c.block_table) for c in chunks])
         try:
             return self.rank0.execute(chunks)
         except RuntimeError as error:

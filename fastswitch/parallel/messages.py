@@ -12,7 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fastswitch.cache.copy_engine import CopyJob
-from fastswitch.models.runner import ForwardChunk
+
+
+@dataclass(frozen=True)
+class StepChunk:
+    """One chunk of a step as a worker needs it: the fields of `fastswitch.models.runner.Chunk`,
+    without the scheduler's request, which stays on rank 0."""
+
+    token_ids: list[int]
+    num_cached: int
+    block_table: list[int]
 
 
 @dataclass(frozen=True)
@@ -30,7 +39,7 @@ class Build:
 class Step:
     copies: list[tuple[int, CopyJob]] = field(default_factory=list)  # (job id, job), in submission order
     completed: list[int] = field(default_factory=list)  # job ids to wait for before the forward
-    chunks: list[ForwardChunk] = field(default_factory=list)  # empty: copies only (at close)
+    chunks: list[StepChunk] = field(default_factory=list)  # empty: copies only (at close)
     block_copies: list[tuple[list[int], list[int]]] = field(default_factory=list)  # forks: (src, dst) blocks
 
 

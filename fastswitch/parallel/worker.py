@@ -62,8 +62,7 @@ class WorkerState:
         for job_id in message.completed:
             self.in_flight.pop(job_id).wait()
         if message.chunks:
-            input_ids, positions, batch = self.runner.prepare(message.chunks)
-            self.runner.model(input_ids, positions, batch, self.device_cache)  # rank 0 alone takes logits
+            self.runner.run(message.chunks)  # rank 0 alone computes logits
             self.stats["steps"] += 1
 
     def close(self) -> None:

@@ -33,11 +33,10 @@ from transformers import AutoConfig, PreTrainedModel
 from fastswitch.cache.copy_engine import CopyJob, TorchCopyEngine
 from fastswitch.models.gguf_cache import converted_gguf_folder
 from fastswitch.models.llama import check_supported_config, num_kv_heads_of
-from fastswitch.models.runner import ForwardChunk
 from fastswitch.parallel.copy_engine import TensorParallelCopyEngine
 from fastswitch.parallel.executor import TensorParallelExecutor
 from fastswitch.parallel.group import COLLECTIVE_TIMEOUT_S, connect, new_store
-from fastswitch.parallel.messages import Build, Failed, Ready, StatsRequest, Step, Stop
+from fastswitch.parallel.messages import Build, Failed, Ready, StatsRequest, Step, StepChunk, Stop
 from fastswitch.parallel.partition import Partition, check_tensor_parallel_size
 from fastswitch.parallel.worker import WorkerSettings, worker_main
 
@@ -179,7 +178,7 @@ class WorkerGroup:
         """Rank 0 has seen the job done: the workers wait for theirs before their next forward."""
         self._completed.append(job_id)
 
-    def send_step(self, chunks: list[ForwardChunk]) -> None:
+    def send_step(self, chunks: list[StepChunk]) -> None:
         message = Step(self._queued, self._completed, chunks, self._block_copies)
         self._queued, self._completed, self._block_copies = [], [], []
         self._send(message)

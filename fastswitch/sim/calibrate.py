@@ -36,7 +36,8 @@ import torch
 
 from fastswitch.cache.kv_cache import KVCache
 from fastswitch.config import EngineConfig
-from fastswitch.models.runner import ForwardChunk, ModelRunner
+from fastswitch.models.runner import ModelRunner
+from fastswitch.parallel.messages import StepChunk
 from fastswitch.sim.cost_model import CostModel
 from fastswitch.sim.hardware import GB, HardwareProfile, get_profile
 from fastswitch.sim.model_shapes import ModelShape
@@ -114,7 +115,7 @@ def measure_steps(model, block_size: int = 16, repeats: int = 3, decode_batches=
 
     def run(batch: tuple[tuple[int, int], ...]) -> StepMeasurement:
         per = blocks_per_seq(batch)
-        chunks = [ForwardChunk([1] * new, cached, list(range(i * per, (i + 1) * per))) for i, (new, cached) in enumerate(batch)]
+        chunks = [StepChunk([1] * new, cached, list(range(i * per, (i + 1) * per))) for i, (new, cached) in enumerate(batch)]
         with torch.inference_mode():
             return StepMeasurement(batch, median_seconds(lambda: runner.forward(chunks), model.device, repeats))
 

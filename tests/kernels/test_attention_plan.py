@@ -12,7 +12,6 @@ from fastswitch.kernels.attention_plan import (
     plan_attention,
     shared_memory_bound,
 )
-from fastswitch.kernels.checks import BatchLayout
 
 
 @given(num_programs=st.integers(1, 10_000), max_kv_len=st.integers(0, 200_000), num_sms=st.integers(1, 200))
@@ -39,11 +38,7 @@ def test_few_long_decodes_split_and_a_full_batch_does_not() -> None:
 def test_tiles_cover_every_query_once_with_dot_sized_blocks(
     query_lens: list[int], num_kv_heads: int, ratio: int, head_dim: int
 ) -> None:
-    starts = [0]
-    for n in query_lens:
-        starts.append(starts[-1] + n)
-    layout = BatchLayout(query_start_loc=starts, seq_lens=[n + 5 for n in query_lens])
-    plan = plan_attention(layout, num_kv_heads * ratio, num_kv_heads, head_dim, num_sms=1)
+    plan = plan_attention(query_lens, max(query_lens) + 5, num_kv_heads * ratio, num_kv_heads, head_dim, num_sms=1)
     covered = [(b, plan_start + i) for b, plan_start in plan.work_items for i in range(plan.block_q)]
     assert sorted(p for p in covered if p[1] < query_lens[p[0]]) == [(b, i) for b, n in enumerate(query_lens) for i in range(n)]
     assert plan.block_m >= max(MIN_DOT_SIZE, plan.block_q * plan.group_pad)
@@ -63,9 +58,9 @@ def test_tiles_cover_every_query_once_with_dot_sized_blocks(
 def test_tiles_shrink_to_fit_the_devices_shared_memory(
     query_len: int, ratio: int, head_dim: int, full_precision: bool, shared_memory: int
 ) -> None:
-    layout = BatchLayout(query_start_loc=[0, query_len], seq_lens=[query_len + 100])
-    unlimited = plan_attention(layout, 2 * ratio, 2, head_dim, num_sms=1, full_precision=full_precision)
-    plan = plan_attention(layout, 2 * ratio, 2, head_dim, num_sms=1, shared_memory=shared_memory, full_precision=full_precision)
+    shape = ([query_len], query_len + 100, 2 * ratio, 2, head_dim)
+    unlimited = plan_attention(*shape, num_sms=1, full_precision=full_precision)
+    plan = plan_attention(*shape, num_sms=1, shared_memory=shared_memory, full_precision=full_precision)
     assert shared_memory_bound(plan.block_m, plan.block_n, plan.head_dim_pad, full_precision) <= shared_memory
     assert plan.block_n >= MIN_DOT_SIZE and plan.block_m >= MIN_DOT_SIZE
     assert plan.block_n <= unlimited.block_n and plan.block_q <= unlimited.block_q
@@ -74,8 +69,7 @@ def test_tiles_shrink_to_fit_the_devices_shared_memory(
 
 
 def test_fp32_prefill_tiles_shrink_on_an_a10_but_not_on_an_h100() -> None:
-    layout = BatchLayout(query_start_loc=[0, 512], seq_lens=[512])
-    a10 = plan_attention(layout, 32, 8, 128, num_sms=72, shared_memory=99 * 1024, full_precision=True)
-    h100 = plan_attention(layout, 32, 8, 128, num_sms=132, shared_memory=227 * 1024, full_precision=True)
+    a10 = plan_attention([512], 512, 32, 8, 128, num_sms=72, shared_memory=99 * 1024, full_precision=True)
+    h100 = plan_attention([512], 512, 32, 8, 128, num_sms=132, shared_memory=227 * 1024, full_precision=True)
     assert (a10.block_m, a10.block_n) == (64, 32)
     assert (h100.block_m, h100.block_n) == (64, 64)

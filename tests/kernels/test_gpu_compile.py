@@ -43,7 +43,6 @@ def compile_all() -> None:
     from triton.backends.compiler import GPUTarget
 
     from fastswitch.kernels.attention_plan import merge_block_size, next_power_of_two, plan_attention, shared_memory_bound
-    from fastswitch.kernels.checks import BatchLayout
     from fastswitch.kernels.triton_attention import merge_splits_kernel, paged_attention_kernel
     from fastswitch.kernels.triton_block_copy import copy_blocks_kernel
     from fastswitch.kernels.triton_store import store_kv_kernel
@@ -57,12 +56,9 @@ def compile_all() -> None:
     for device, capability, num_sms, shared_limit in TARGETS:
         target = GPUTarget("cuda", capability, 32)
         for what, dtype, num_q_heads, num_kv_heads, head_dim, query_lens, seq_lens in SHAPES:
-            starts = [0]
-            for n in query_lens:
-                starts.append(starts[-1] + n)
             full_precision = dtype == "fp32"
             plan = plan_attention(
-                BatchLayout(query_start_loc=starts, seq_lens=seq_lens), num_q_heads, num_kv_heads, head_dim,
+                query_lens, max(seq_lens), num_q_heads, num_kv_heads, head_dim,
                 num_sms, shared_memory=shared_limit, full_precision=full_precision,
             )
             pointer = f"*{dtype}"

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from kernel_batches import KERNEL_DEVICE, PagedBatch, for_backend, paged_batches, tolerance
 
-from fastswitch.kernels import BatchLayout, paged_attention, reference
+from fastswitch.kernels import AttentionBatch, paged_attention, reference
 from fastswitch.kernels.triton_attention import paged_attention_triton
 
 
@@ -62,12 +62,12 @@ def test_a_host_layout_gives_the_same_result_without_reading_the_device(backend:
         backend, cache, q, tables, torch.tensor([9, 20], dtype=torch.int32), torch.tensor([0, 1, 5], dtype=torch.int32)
     )
     args = (q, cache[:, 0, 0], cache[:, 0, 1], tables, seq_lens, starts)
-    layout = BatchLayout(query_start_loc=[0, 1, 5], seq_lens=[9, 20])
+    layout = AttentionBatch.from_host([0, 1, 5], [9, 20], tables)
     torch.testing.assert_close(paged_attention(*args, backend=backend, layout=layout), paged_attention(*args, backend=backend))
     with pytest.raises(ValueError, match="seq_lens\\[1\\]=30"):
-        paged_attention(*args, backend=backend, layout=BatchLayout(query_start_loc=[0, 1, 5], seq_lens=[9, 30]))
+        paged_attention(*args, backend=backend, layout=AttentionBatch.from_host([0, 1, 5], [9, 30], tables))
     with pytest.raises(ValueError, match="B=2 sequences"):
-        paged_attention(*args, backend=backend, layout=BatchLayout(query_start_loc=[0, 5], seq_lens=[20]))
+        paged_attention(*args, backend=backend, layout=AttentionBatch.from_host([0, 5], [20], tables[:1]))
 
 
 # Every head dim and every GQA ratio at least once; hypothesis mixes the rest.

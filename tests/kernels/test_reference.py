@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, strategies as st
 from kernel_batches import DTYPES, GQA_RATIOS, KERNEL_DEVICE, NUM_LAYERS, PagedBatch, paged_batches, tolerance
 
-from fastswitch.kernels import BatchLayout, reference
+from fastswitch.kernels import AttentionBatch, reference
 
 
 def naive_paged_attention(batch: PagedBatch) -> torch.Tensor:
@@ -98,7 +98,7 @@ def test_slots_past_a_sequence_and_table_padding_are_never_read(batch: PagedBatc
     """NaN in every slot that holds no key and an invalid id in every table entry past a sequence's last
     block (as a layout lets a caller pass) change nothing: the batched gather reads padding, and must
     neither index with those entries nor let a masked NaN through (0 * NaN is NaN)."""
-    layout = BatchLayout(query_start_loc=batch.query_start_loc.tolist(), seq_lens=batch.seq_lens.tolist())
+    layout = AttentionBatch.from_host(batch.query_start_loc.tolist(), batch.seq_lens.tolist(), batch.block_tables)
     clean = reference.paged_attention(*batch.args(), layout=layout)
     block_size = batch.k_cache.shape[1]
     written = torch.zeros(batch.cache.shape[0], block_size, dtype=torch.bool)

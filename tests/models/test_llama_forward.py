@@ -5,8 +5,9 @@ import torch
 from transformers import GPT2Config, LlamaConfig
 
 from fastswitch.cache import KVCache
-from fastswitch.models import ForwardChunk, LlamaForServing, ModelRunner, load_model
+from fastswitch.models import LlamaForServing, ModelRunner, load_model
 from fastswitch.models.llama import check_supported_config, max_supported_len
+from fastswitch.parallel.messages import StepChunk
 from tiny_llamas import TINY_QWEN_VARIANTS, TINY_VARIANTS, tiny_config, tiny_llama, tiny_variant
 
 BLOCK_SIZE = 8
@@ -31,10 +32,10 @@ def test_prefill_then_decode_logits_match_transformers(variant):
     expected = reference_logits(hf, tokens)
     table = [7, 3, 12, 0]  # deliberately out of order: the block table, not adjacency, defines the sequence
     prompt_len = 21
-    logits = runner.forward([ForwardChunk(tokens[:prompt_len], 0, table)])
+    logits = runner.forward([StepChunk(tokens[:prompt_len], 0, table)])
     torch.testing.assert_close(logits[0], expected[prompt_len - 1], atol=1e-4, rtol=1e-4)
     for pos in range(prompt_len, len(tokens)):
-        logits = runner.forward([ForwardChunk([tokens[pos]], pos, table)])
+        logits = runner.forward([StepChunk([tokens[pos]], pos, table)])
         torch.testing.assert_close(logits[0], expected[pos], atol=1e-4, rtol=1e-4)
 
 
@@ -46,11 +47,11 @@ def test_mixed_batch_of_prefills_chunks_and_decodes_matches_each_alone():
     tables = [[0, 1], [5, 9, 2, 3], [11]]
     # Put a prefix of sequences 1 and 2 in the cache first, so the mixed step holds a decode (seq 0 is
     # cached up to its last token), a prefill chunk in the middle of a prompt (seq 1) and a full prefill.
-    runner.forward([ForwardChunk(seqs[0][:12], 0, tables[0]), ForwardChunk(seqs[1][:10], 0, tables[1])])
+    runner.forward([StepChunk(seqs[0][:12], 0, tables[0]), StepChunk(seqs[1][:10], 0, tables[1])])
     logits = runner.forward([
-        ForwardChunk(seqs[0][12:], 12, tables[0]),
-        ForwardChunk(seqs[1][10:], 10, tables[1]),
-        ForwardChunk(seqs[2], 0, tables[2]),
+        StepChunk(seqs[0][12:], 12, tables[0]),
+        StepChunk(seqs[1][10:], 10, tables[1]),
+        StepChunk(seqs[2], 0, tables[2]),
     ])
     for row, seq in enumerate(seqs):
         torch.testing.assert_close(logits[row], reference_logits(hf, seq)[-1], atol=1e-4, rtol=1e-4)
@@ -62,7 +63,7 @@ def test_half_precision_stays_close_to_fp32(dtype):
     tokens = list(range(5, 25))
     half = make_runner(hf, dtype=dtype)
     assert half.model.dtype == getattr(torch, dtype)
-    logits = half.forward([ForwardChunk(tokens, 0, [0, 1, 2])])[0]
+    logits = half.forward([StepChunk(tokens, 0, [0, 1, 2])])[0]
     expected = reference_logits(hf, tokens)[-1]
     # Same argmax region and a small error relative to the logits' spread.
     assert (logits - expected).abs().max() < 0.05 * expected.abs().max()
@@ -83,8 +84,8 @@ def test_other_rope_types_match_transformers(rope):
     runner = make_runner(hf)
     tokens = list(range(3, 43))
     table = list(range(6))
-    prefill = runner.forward([ForwardChunk(tokens[:-1], 0, table)])
-    decode = runner.forward([ForwardChunk(tokens[-1:], len(tokens) - 1, table)])
+    prefill = runner.forward([StepChunk(tokens[:-1], 0, table)])
+    decode = runner.forward([StepChunk(tokens[-1:], len(tokens) - 1, table)])
     # Compare with transformers' own incremental decoding: for dynamic NTK the cached keys keep the
     # frequencies of the step that wrote them, so a full forward over all tokens is not the reference.
     with torch.no_grad():
@@ -97,7 +98,7 @@ def test_other_rope_types_match_transformers(rope):
 def test_attention_bias_and_mlp_bias_are_loaded():
     hf = tiny_llama(attention_bias=True, mlp_bias=True)
     tokens = list(range(10, 30))
-    logits = make_runner(hf).forward([ForwardChunk(tokens, 0, [0, 1, 2])])
+    logits = make_runner(hf).forward([StepChunk(tokens, 0, [0, 1, 2])])
     torch.testing.assert_close(logits[0], reference_logits(hf, tokens)[-1], atol=1e-4, rtol=1e-4)
 
 
@@ -130,5 +131,5 @@ def test_mistral_checkpoint_runs_through_the_same_forward():
     )
     hf = MistralForCausalLM(config).eval()
     tokens = list(range(40, 63))
-    logits = make_runner(hf).forward([ForwardChunk(tokens, 0, [4, 1, 0])])
+    logits = make_runner(hf).forward([StepChunk(tokens, 0, [4, 1, 0])])
     torch.testing.assert_close(logits[0], reference_logits(hf, tokens)[-1], atol=1e-4, rtol=1e-4)

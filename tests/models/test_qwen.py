@@ -8,8 +8,9 @@ from transformers import GemmaConfig
 
 from fastswitch.cache import KVCache
 from fastswitch.llm import LLM
-from fastswitch.models import ForwardChunk, LlamaForServing, ModelRunner, SamplingParams, load_model
+from fastswitch.models import LlamaForServing, ModelRunner, SamplingParams, load_model
 from fastswitch.models.llama import check_supported_config, max_supported_len
+from fastswitch.parallel.messages import StepChunk
 from tiny_llamas import TINY_QWEN_VARIANTS, tiny_qwen, tiny_qwen_config
 
 
@@ -66,7 +67,7 @@ def test_sliding_window_follows_use_sliding_window():
     model = load_model(hf, progress=False).model
     cache = KVCache(4, model.num_layers, 8, model.num_kv_heads, model.head_dim, model.dtype, "cpu")
     tokens = list(range(20, 36))
-    logits = ModelRunner(model, cache, backend="torch").forward([ForwardChunk(tokens, 0, [2, 0])])
+    logits = ModelRunner(model, cache, backend="torch").forward([StepChunk(tokens, 0, [2, 0])])
     with torch.no_grad():
         expected = hf(torch.tensor([tokens])).logits[0, -1]
     torch.testing.assert_close(logits[0], expected, atol=1e-4, rtol=1e-4)

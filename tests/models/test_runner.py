@@ -1,4 +1,9 @@
-"""ModelRunner's packing of chunks (slots, positions, tables) and its refusal of malformed chunks."""
+"""ModelRunner's packing of chunks (slots, positions, tables) and its refusal of malformed chunks.
+
+The chunks are `StepChunk`s, the plain record with the fields of `Chunk` (what a tensor-parallel
+worker receives); the engine passes the scheduler's own chunks, which have the same fields."""
+
+import itertools
 
 import pytest
 import torch
@@ -6,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fastswitch.cache import KVCache
-from fastswitch.models import ForwardChunk, ModelRunner, default_num_blocks, kv_cache_spec, load_model
+from fastswitch.models import ModelRunner, default_num_blocks, kv_cache_spec, load_model
+from fastswitch.parallel.messages import StepChunk
 from tiny_llamas import tiny_llama
 
 BLOCK_SIZE, NUM_BLOCKS = 8, 24
@@ -27,13 +33,13 @@ def chunk_lists(draw):
         new = draw(st.integers(1, 20))
         needed = -(-(num_cached + new) // BLOCK_SIZE)
         table = draw(st.lists(st.integers(0, NUM_BLOCKS - 1), min_size=needed, max_size=needed + 2))
-        chunks.append(ForwardChunk(draw(st.lists(st.integers(0, 383), min_size=new, max_size=new)), num_cached, table))
+        chunks.append(StepChunk(draw(st.lists(st.integers(0, 383), min_size=new, max_size=new)), num_cached, table))
     return chunks
 
 
 @given(chunks=chunk_lists())
 def test_prepare_places_every_token_in_its_own_block_slot(runner, chunks):
-    input_ids, positions, batch = runner.prepare(chunks)
+    input_ids, positions, slot_mapping, batch = runner.prepare(chunks)
     expected_slots, expected_positions = [], []
     for chunk in chunks:
         for offset in range(len(chunk.token_ids)):
@@ -42,22 +48,24 @@ def test_prepare_places_every_token_in_its_own_block_slot(runner, chunks):
             expected_slots.append(chunk.block_table[pos // BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE)
     assert input_ids.tolist() == [t for c in chunks for t in c.token_ids]
     assert positions.tolist() == expected_positions
-    assert batch.slot_mapping.tolist() == expected_slots
-    assert batch.seq_lens.tolist() == [c.num_cached + len(c.token_ids) for c in chunks]
-    assert batch.query_start_loc.tolist() == batch.layout.query_start_loc
+    assert slot_mapping.tolist() == expected_slots
+    assert batch.seq_lens == [c.num_cached + len(c.token_ids) for c in chunks]
+    assert batch.seq_lens_tensor.tolist() == batch.seq_lens
+    assert batch.query_start_loc == [0, *itertools.accumulate(len(c.token_ids) for c in chunks)]
+    assert batch.query_start_loc_tensor.tolist() == batch.query_start_loc
     for row, chunk in enumerate(chunks):
-        used = -(-batch.layout.seq_lens[row] // BLOCK_SIZE)
+        used = -(-batch.seq_lens[row] // BLOCK_SIZE)
         assert batch.block_tables[row, :used].tolist() == chunk.block_table[:used]
 
 
 @pytest.mark.parametrize(
     "chunk, message",
     [
-        (ForwardChunk([], 0, [0]), "chunk 0 has no new tokens"),
-        (ForwardChunk([1], -1, [0]), "num_cached=-1"),
-        (ForwardChunk([1] * 9, 0, [0]), "needs 2 blocks for 9 tokens but its block table has 1"),
-        (ForwardChunk([1], 0, [NUM_BLOCKS]), "block ids outside 0..23"),
-        (ForwardChunk([384], 0, [0]), "token ids outside the vocabulary 0..383"),
+        (StepChunk([], 0, [0]), "chunk 0 has no new tokens"),
+        (StepChunk([1], -1, [0]), "num_cached=-1"),
+        (StepChunk([1] * 9, 0, [0]), "needs 2 blocks for 9 tokens but its block table has 1"),
+        (StepChunk([1], 0, [NUM_BLOCKS]), "block ids outside 0..23"),
+        (StepChunk([384], 0, [0]), "token ids outside the vocabulary 0..383"),
     ],
 )
 def test_malformed_chunks_are_refused(runner, chunk, message):
@@ -70,7 +78,6 @@ def test_cache_that_does_not_fit_the_model_is_refused():
     wrong_heads = KVCache(4, model.num_layers, BLOCK_SIZE, model.num_kv_heads + 1, model.head_dim, model.dtype, "cpu")
     with pytest.raises(ValueError, match="does not fit the model"):
         ModelRunner(model, wrong_heads)
-    assert ModelRunner.kv_cache_shape(model, 4, BLOCK_SIZE) == (4, 2, 2, BLOCK_SIZE, 2, 16)
 
 
 def test_default_pool_size_is_capped_by_the_cpu_budget():
