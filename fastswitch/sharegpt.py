@@ -7,21 +7,30 @@ ShareGPT has no timestamps, so arrivals, think times, clients and priorities are
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from fastswitch.workloads import (
     Conversation,
     Turn,
     Workload,
     check_trace_params,
+    draw_priorities,
     fit_turns,
     seeded_streams,
-    draw_priorities,
 )
 
 # A rough tokens-per-character rate for English text (about 4 characters per token for BPE
 # vocabularies), used only when load_sharegpt is given no tokenizer.
 CHARS_PER_TOKEN = 4.0
+
+
+class TextEncoder(Protocol):
+    """What load_sharegpt needs of a tokenizer (a transformers tokenizer has it)."""
+
+    def encode(self, text: str) -> Sequence[int]: ...
+
 
 _HUMAN_ROLES = {"human", "user"}
 _ASSISTANT_ROLES = {"gpt", "assistant", "chatgpt", "bard", "bing", "model"}
@@ -63,7 +72,7 @@ def _pairs_of(messages: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def load_sharegpt(
     path: str | Path,
-    tokenizer: object | None = None,
+    tokenizer: TextEncoder | None = None,
     num_conversations: int | None = None,
     rate: float = 1.0,
     seed: int = 0,

@@ -72,7 +72,9 @@ def pack_blocks(
     return reference.pack_blocks(cache, runs, out)
 
 
-def unpack_blocks(staging: torch.Tensor, cache: torch.Tensor, runs: list[tuple[int, int]], backend: str = "auto") -> None:
+def unpack_blocks(
+    staging: torch.Tensor, cache: torch.Tensor, runs: list[tuple[int, int]], backend: str = "auto"
+) -> None:
     """Scatter a staging tensor back into block runs of the cache (the inverse of pack_blocks)."""
     if resolve_backend(backend, cache.device) == "triton":
         from fastswitch.kernels.triton_block_copy import unpack_blocks_triton
@@ -82,4 +84,12 @@ def unpack_blocks(staging: torch.Tensor, cache: torch.Tensor, runs: list[tuple[i
     reference.unpack_blocks(staging, cache, runs)
 
 
-__all__ = ["BACKENDS", "AttentionBatch", "paged_attention", "store_kv", "pack_blocks", "unpack_blocks", "resolve_backend"]
+__all__ = [
+    "BACKENDS",
+    "AttentionBatch",
+    "paged_attention",
+    "store_kv",
+    "pack_blocks",
+    "unpack_blocks",
+    "resolve_backend",
+]

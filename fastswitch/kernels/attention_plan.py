@@ -40,10 +40,6 @@ class AttentionPlan:
     work_items: list[tuple[int, int]]  # (sequence, first query token of the tile)
     num_warps: int
 
-    @property
-    def num_programs(self) -> int:
-        return len(self.work_items) * self.num_splits
-
 
 def choose_num_splits(num_programs: int, max_kv_len: int, num_sms: int) -> int:
     """Split the KV range only when the batch alone leaves the device's SMs idle, and only so far

@@ -67,7 +67,9 @@ def check_paged_attention(
     if num_kv_heads < 1 or num_q_heads % num_kv_heads != 0:
         raise ValueError(f"Hq={num_q_heads} is not a multiple of Hkv={num_kv_heads}")
     if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
-        raise ValueError(f"block_size={block_size} is not supported; it must lie in [{MIN_BLOCK_SIZE}, {MAX_BLOCK_SIZE}]")
+        raise ValueError(
+            f"block_size={block_size} is not supported; it must lie in [{MIN_BLOCK_SIZE}, {MAX_BLOCK_SIZE}]"
+        )
     _check_index_tensor("block_tables", block_tables, 2, q.device)
     _check_index_tensor("seq_lens", seq_lens, 1, q.device)
     _check_index_tensor("query_start_loc", query_start_loc, 1, q.device)
@@ -94,7 +96,8 @@ def check_paged_attention(
             raise ValueError(f"query_start_loc decreases at sequence {b}: {starts[b]} -> {starts[b + 1]}")
         if not query_len <= lens[b] <= max_blocks * block_size:
             raise ValueError(
-                f"seq_lens[{b}]={lens[b]} must lie in [q_len={query_len}, max_blocks * block_size={max_blocks * block_size}]"
+                f"seq_lens[{b}]={lens[b]} must lie in "
+                f"[q_len={query_len}, max_blocks * block_size={max_blocks * block_size}]"
             )
     return layout
 
@@ -124,17 +127,25 @@ def check_store_kv(
     if key.dim() != 3 or value.shape != key.shape:
         raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must both be [T, Hkv, D]")
     if k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
-        raise ValueError(f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} must both be [num_blocks, block_size, Hkv, D]")
+        raise ValueError(
+            f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} must both be "
+            "[num_blocks, block_size, Hkv, D]"
+        )
     if key.shape[1:] != k_cache.shape[2:]:
         raise ValueError(f"key heads/dim {tuple(key.shape[1:])} differ from the cache's {tuple(k_cache.shape[2:])}")
     for name, tensor in (("key", key), ("value", value), ("k_cache", k_cache), ("v_cache", v_cache)):
         _check_dtype(name, tensor)
     if not key.dtype == value.dtype == k_cache.dtype == v_cache.dtype:
-        raise ValueError(f"dtypes differ: key {key.dtype}, value {value.dtype}, k_cache {k_cache.dtype}, v_cache {v_cache.dtype}")
+        raise ValueError(
+            f"dtypes differ: key {key.dtype}, value {value.dtype}, k_cache {k_cache.dtype}, v_cache {v_cache.dtype}"
+        )
     if not key.device == value.device == k_cache.device == v_cache.device == slot_mapping.device:
         raise ValueError("key, value, k_cache, v_cache and slot_mapping must share one device")
     if slot_mapping.dtype != torch.int64 or slot_mapping.shape != (key.shape[0],):
-        raise ValueError(f"slot_mapping must be int64 of shape [T={key.shape[0]}]; got {slot_mapping.dtype} {tuple(slot_mapping.shape)}")
+        raise ValueError(
+            f"slot_mapping must be int64 of shape [T={key.shape[0]}]; "
+            f"got {slot_mapping.dtype} {tuple(slot_mapping.shape)}"
+        )
 
 
 def check_runs(runs: list[tuple[int, int]], num_blocks: int) -> int:
@@ -155,7 +166,9 @@ def check_runs(runs: list[tuple[int, int]], num_blocks: int) -> int:
 
 def check_block_major_cache(cache: torch.Tensor) -> None:
     if cache.dim() != 6:
-        raise ValueError(f"cache has shape {tuple(cache.shape)}; expected [num_blocks, num_layers, 2, block_size, Hkv, D]")
+        raise ValueError(
+            f"cache has shape {tuple(cache.shape)}; expected [num_blocks, num_layers, 2, block_size, Hkv, D]"
+        )
     # With 2- or 4-byte elements and the K/V axis of 2, a block is a whole number of 32-bit words,
     # which the Triton copy moves.
     _check_dtype("cache", cache)
@@ -175,6 +188,8 @@ def check_staging(staging: torch.Tensor, cache: torch.Tensor, total_blocks: int)
     if staging.dtype != cache.dtype:
         raise ValueError(f"staging.dtype={staging.dtype} differs from cache.dtype={cache.dtype}")
     if staging.device != cache.device:
-        raise ValueError(f"staging is on {staging.device} but cache is on {cache.device}; copy it across in one call first")
+        raise ValueError(
+            f"staging is on {staging.device} but cache is on {cache.device}; copy it across in one call first"
+        )
     if not staging.is_contiguous():
         raise ValueError("staging must be contiguous")

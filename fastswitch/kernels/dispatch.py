@@ -38,6 +38,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             raise ValueError("backend='triton' but triton is not installed; use backend='torch'")
         if not triton_can_run:
             raise ValueError(
-                f"backend='triton' cannot run on {device.type} tensors; use CUDA tensors or set TRITON_INTERPRET=1 before importing triton"
+                f"backend='triton' cannot run on {device.type} tensors; "
+                "use CUDA tensors or set TRITON_INTERPRET=1 before importing triton"
             )
     return backend

@@ -92,7 +92,10 @@ def paged_attention_kernel(
         ).to(tl.int64)
         slots = kv_pos % BLOCK_SIZE
         kv_mask = kv_valid[:, None] & dim_valid[None, :]
-        k_offsets = block_ids[:, None] * stride_kb + slots[:, None] * stride_ks + kv_head * stride_kh + dims[None, :] * stride_kd
+        k_offsets = (
+            block_ids[:, None] * stride_kb + slots[:, None] * stride_ks
+            + kv_head * stride_kh + dims[None, :] * stride_kd
+        )
         k = tl.load(k_ptr + k_offsets, mask=kv_mask, other=0.0).to(tl.float32)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
         visible = (kv_pos[None, :] <= q_pos[:, None]) & kv_valid[None, :]
@@ -101,7 +104,10 @@ def paged_attention_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(scores - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v_offsets = block_ids[:, None] * stride_vb + slots[:, None] * stride_vs + kv_head * stride_vh + dims[None, :] * stride_vd
+        v_offsets = (
+            block_ids[:, None] * stride_vb + slots[:, None] * stride_vs
+            + kv_head * stride_vh + dims[None, :] * stride_vd
+        )
         v = tl.load(v_ptr + v_offsets, mask=kv_mask, other=0.0).to(tl.float32)
         acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
         m_i = m_new

@@ -63,7 +63,9 @@ def _copy_blocks(src: torch.Tensor, dst: torch.Tensor, src_ids: torch.Tensor, ds
     )
 
 
-def pack_blocks_triton(cache: torch.Tensor, runs: list[tuple[int, int]], out: torch.Tensor | None = None) -> torch.Tensor:
+def pack_blocks_triton(
+    cache: torch.Tensor, runs: list[tuple[int, int]], out: torch.Tensor | None = None
+) -> torch.Tensor:
     """The Triton twin of `reference.pack_blocks`."""
     check_block_major_cache(cache)
     total = check_runs(runs, cache.shape[0])

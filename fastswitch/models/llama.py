@@ -21,7 +21,7 @@ The weights are created uninitialised (on the meta device first, so no random in
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -132,7 +132,8 @@ class LlamaAttention(nn.Module):
         qkv_size = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
         self.qkv_proj = nn.Linear(config.hidden_size, qkv_size, bias=qkv_bias, **factory)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias, **factory)
-        self.q_norm = self.k_norm = None
+        self.q_norm: RMSNorm | None = None
+        self.k_norm: RMSNorm | None = None
         if config.model_type in QK_NORM_TYPES:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, **factory)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, **factory)
@@ -152,7 +153,7 @@ class LlamaAttention(nn.Module):
         q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
         q = q.unflatten(-1, (self.num_heads, self.head_dim))  # [T, Hq, D]
         k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))  # [T, Hkv, D]
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
@@ -223,7 +224,7 @@ class LlamaForServing(nn.Module):
         self.config = config
         self.partition = partition
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        factory = {"dtype": dtype, "device": "meta"}
+        factory: dict[str, Any] = {"dtype": dtype, "device": "meta"}
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, **factory)
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(config, partition, **factory) for _ in range(config.num_hidden_layers)
@@ -249,9 +250,14 @@ class LlamaForServing(nn.Module):
         return len(self.layers)
 
     @property
+    def decoder_layers(self) -> list[LlamaDecoderLayer]:
+        """The layers, typed (to a type checker an nn.ModuleList holds plain Modules)."""
+        return cast(list[LlamaDecoderLayer], list(self.layers))
+
+    @property
     def num_kv_heads(self) -> int:
         """KV heads this rank holds (all of them without tensor parallelism): its KV cache's width."""
-        return self.layers[0].self_attn.num_kv_heads
+        return self.decoder_layers[0].self_attn.num_kv_heads
 
     @property
     def head_dim(self) -> int:

@@ -65,10 +65,12 @@ def resolve_dtype(dtype: str | torch.dtype, checkpoint_dtype: object, device: to
         return torch.float32
     if isinstance(checkpoint_dtype, str):
         checkpoint_dtype = DTYPES.get(checkpoint_dtype)
-    return checkpoint_dtype if checkpoint_dtype in DTYPES.values() else torch.float32
+    if isinstance(checkpoint_dtype, torch.dtype) and checkpoint_dtype in DTYPES.values():
+        return checkpoint_dtype
+    return torch.float32
 
 
-def _as_id_list(ids: object) -> list[int]:
+def _as_id_list(ids: int | list[int] | tuple[int, ...] | None) -> list[int]:
     if ids is None:
         return []
     return [int(i) for i in ids] if isinstance(ids, (list, tuple)) else [int(ids)]

@@ -40,8 +40,8 @@ def token_logprobs(logits: torch.Tensor, token_ids: list[int], num_top: list[int
     ranks = (logprobs >= chosen).sum(dim=-1).tolist()
     counts = [vocab if k == -1 else min(k, vocab) for k in num_top]
     widest = max(counts)
-    top_values, top_ids = (logprobs.topk(widest, dim=-1) if widest else (logprobs[:, :0], logprobs[:, :0].long()))
-    top_values, top_ids = top_values.tolist(), top_ids.tolist()
+    top_tensors = logprobs.topk(widest, dim=-1) if widest else (logprobs[:, :0], logprobs[:, :0].long())
+    top_values, top_ids = top_tensors[0].tolist(), top_tensors[1].tolist()
     result = []
     for row, (token, value, rank, count) in enumerate(zip(token_ids, chosen.squeeze(1).tolist(), ranks, counts)):
         entry = {token: Logprob(value, rank)}

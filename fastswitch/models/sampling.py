@@ -150,7 +150,8 @@ class SamplingParams:
                 raise ValueError(f"logit_bias key {key!r} is not a token id (an integer >= 0)")
             if not _is_number(bias) or not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
                 raise ValueError(
-                    f"logit_bias value {bias!r} for token {token} must be a number in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]"
+                    f"logit_bias value {bias!r} for token {token} must be a number in "
+                    f"[-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]"
                 )
             checked[token] = float(bias)
         return checked
@@ -175,7 +176,8 @@ class SamplingParams:
         for name in ("logprobs", "prompt_logprobs"):
             if getattr(self, name) == -1 and vocab_size > MAX_LOGPROBS:
                 raise ValueError(
-                    f"{name}=-1 asks for all {vocab_size} tokens, more than the limit of {MAX_LOGPROBS} (vLLM's max_logprobs)"
+                    f"{name}=-1 asks for all {vocab_size} tokens, "
+                    f"more than the limit of {MAX_LOGPROBS} (vLLM's max_logprobs)"
                 )
 
 
@@ -275,10 +277,11 @@ class Sampler:
         needs_history = [row for row, p in enumerate(params) if p.min_tokens or p.has_penalties]
         if needs_history and histories is None:
             raise ValueError(f"rows {needs_history} have penalties or min_tokens and need their token histories")
+        rows_history: Sequence[TokenHistory] = histories or ()
         masked_rows, masked_tokens, bias_rows, bias_tokens, bias_values = [], [], [], [], []
         for row, p in enumerate(params):
-            if p.min_tokens and len(histories[row].output_token_ids) < p.min_tokens:
-                stops = set(p.stop_token_ids) | set(histories[row].eos_token_ids)
+            if p.min_tokens and len(rows_history[row].output_token_ids) < p.min_tokens:
+                stops = set(p.stop_token_ids) | set(rows_history[row].eos_token_ids)
                 masked_rows += [row] * len(stops)
                 masked_tokens += sorted(stops)
             for token, bias in (p.logit_bias or {}).items():
@@ -298,7 +301,7 @@ class Sampler:
         if penalised:
             rows = torch.tensor(penalised, device=device)
             logits[rows] = apply_penalties(
-                logits[rows], [histories[row] for row in penalised], [params[row] for row in penalised]
+                logits[rows], [rows_history[row] for row in penalised], [params[row] for row in penalised]
             )
         return logits
 

@@ -65,7 +65,7 @@ def weight_destinations(model: LlamaForServing) -> dict[str, Destination]:
     }
     if model.lm_head is not None:
         table["lm_head.weight"] = _whole(model.lm_head.weight)
-    for index, layer in enumerate(model.layers):
+    for index, layer in enumerate(model.decoder_layers):
         prefix = f"model.layers.{index}."
         attn, mlp = layer.self_attn, layer.mlp
         q_rows, kv_rows = attn.num_heads * dim, attn.num_kv_heads * dim
@@ -94,7 +94,7 @@ def weight_destinations(model: LlamaForServing) -> dict[str, Destination]:
                 table[f"{prefix}{name}.bias"] = _whole(linear.bias)  # added once, after the all-reduce
         table[f"{prefix}input_layernorm.weight"] = _whole(layer.input_layernorm.weight)
         table[f"{prefix}post_attention_layernorm.weight"] = _whole(layer.post_attention_layernorm.weight)
-        if attn.q_norm is not None:
+        if attn.q_norm is not None and attn.k_norm is not None:
             table[f"{prefix}self_attn.q_norm.weight"] = _whole(attn.q_norm.weight)
             table[f"{prefix}self_attn.k_norm.weight"] = _whole(attn.k_norm.weight)
     return table

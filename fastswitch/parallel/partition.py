@@ -12,8 +12,12 @@ the same code with no cost.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 
 def check_tensor_parallel_size(size: int, num_heads: int, num_kv_heads: int, intermediate_size: int) -> None:
@@ -34,7 +38,7 @@ def check_tensor_parallel_size(size: int, num_heads: int, num_kv_heads: int, int
 class Partition:
     rank: int = 0
     size: int = 1
-    group: object | None = None  # a torch.distributed ProcessGroup joining the ranks (None for size 1)
+    group: ProcessGroup | None = None  # joins the ranks (None for size 1)
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.size:
@@ -56,7 +60,7 @@ class Partition:
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sums x over the ranks in place (x must be contiguous); the identity for one rank."""
-        if self.size > 1:
+        if self.size > 1 and self.group is not None:  # a group is there whenever size > 1 (__post_init__)
             self.group.allreduce([x]).wait()
         return x
 

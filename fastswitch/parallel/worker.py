@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel
 
-from fastswitch.cache.copy_engine import TorchCopyEngine
+from fastswitch.cache.copy_engine import CopyHandle, TorchCopyEngine
 from fastswitch.cache.kv_cache import KVCache
 from fastswitch.models.loader import load_model
 from fastswitch.models.runner import ModelRunner
@@ -26,7 +28,7 @@ from fastswitch.parallel.partition import Partition
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    source: object  # what load_model takes: a checkpoint folder or a transformers model
+    source: str | Path | PreTrainedModel  # what load_model takes: a checkpoint folder or a transformers model
     dtype: str | torch.dtype
     device_type: str  # "cpu" or "cuda"; rank r uses cuda:r
     num_threads: int
@@ -46,7 +48,7 @@ class WorkerState:
         self.host_cache = KVCache.host_pool_for(self.device_cache, build.num_cpu_blocks)
         self.runner = ModelRunner(model, self.device_cache, backend=build.attention_backend)
         self.copies = TorchCopyEngine(self.device_cache, self.host_cache, asynchronous=build.async_swap)
-        self.in_flight: dict[int, object] = {}
+        self.in_flight: dict[int, CopyHandle] = {}
         self.stats = {"steps": 0, "copy_jobs": 0, "copy_calls": 0, "copy_blocks": 0, "forked_blocks": 0}
 
     @torch.inference_mode()

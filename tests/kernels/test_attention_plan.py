@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fastswitch.kernels.attention_plan import (
     MAX_SPLITS,
@@ -40,7 +41,8 @@ def test_tiles_cover_every_query_once_with_dot_sized_blocks(
 ) -> None:
     plan = plan_attention(query_lens, max(query_lens) + 5, num_kv_heads * ratio, num_kv_heads, head_dim, num_sms=1)
     covered = [(b, plan_start + i) for b, plan_start in plan.work_items for i in range(plan.block_q)]
-    assert sorted(p for p in covered if p[1] < query_lens[p[0]]) == [(b, i) for b, n in enumerate(query_lens) for i in range(n)]
+    every_query = [(b, i) for b, n in enumerate(query_lens) for i in range(n)]
+    assert sorted(p for p in covered if p[1] < query_lens[p[0]]) == every_query
     assert plan.block_m >= max(MIN_DOT_SIZE, plan.block_q * plan.group_pad)
     assert plan.head_dim_pad >= max(MIN_DOT_SIZE, head_dim)
     assert plan.group_pad >= ratio
@@ -64,7 +66,8 @@ def test_tiles_shrink_to_fit_the_devices_shared_memory(
     assert shared_memory_bound(plan.block_m, plan.block_n, plan.head_dim_pad, full_precision) <= shared_memory
     assert plan.block_n >= MIN_DOT_SIZE and plan.block_m >= MIN_DOT_SIZE
     assert plan.block_n <= unlimited.block_n and plan.block_q <= unlimited.block_q
-    if shared_memory_bound(unlimited.block_m, unlimited.block_n, unlimited.head_dim_pad, full_precision) <= shared_memory:
+    unlimited_bound = shared_memory_bound(unlimited.block_m, unlimited.block_n, unlimited.head_dim_pad, full_precision)
+    if unlimited_bound <= shared_memory:
         assert plan == unlimited  # tiles that fit are left alone
 
 

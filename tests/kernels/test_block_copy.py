@@ -1,13 +1,15 @@
-"""pack/unpack on both backends (Triton on the kernel device): round trips bit-exact for every dtype, untouched blocks untouched."""
+"""pack/unpack on both backends (Triton on the kernel device): round trips bit-exact for every dtype,
+untouched blocks untouched."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
-from kernel_batches import for_backend
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fastswitch.kernels import pack_blocks, unpack_blocks
+from kernel_batches import for_backend
 
 BACKENDS = ("torch", "triton")
 BIT_WIDTHS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
@@ -80,7 +82,10 @@ def test_unpack_checks_everything_before_writing(backend: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_pack_rejects_a_cache_that_is_not_block_major(backend: str) -> None:
     cache, flat, bytes_cache = for_backend(
-        backend, torch.zeros(6, 1, 2, 16, 1, 16), torch.zeros(6, 2, 8, 16), torch.zeros(6, 1, 2, 8, 1, 3, dtype=torch.uint8)
+        backend,
+        torch.zeros(6, 1, 2, 16, 1, 16),
+        torch.zeros(6, 2, 8, 16),
+        torch.zeros(6, 1, 2, 8, 1, 3, dtype=torch.uint8),
     )
     with pytest.raises(ValueError, match="contiguous"):
         pack_blocks(cache[:, :, :, :8], [(0, 1)], backend=backend)

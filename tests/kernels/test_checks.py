@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_batches import for_backend
 
 from fastswitch.kernels import paged_attention, resolve_backend, store_kv
+from kernel_batches import for_backend
 
 BACKENDS = ("torch", "triton")
 
@@ -16,7 +16,11 @@ def on_backend(backend: str, arguments: dict) -> dict:
 
 
 def batch(
-    num_q_heads: int = 4, num_kv_heads: int = 2, head_dim: int = 16, block_size: int = 8, cache_dtype: torch.dtype = torch.float32
+    num_q_heads: int = 4,
+    num_kv_heads: int = 2,
+    head_dim: int = 16,
+    block_size: int = 8,
+    cache_dtype: torch.dtype = torch.float32,
 ) -> dict:
     cache = torch.zeros(4, block_size, num_kv_heads, head_dim, dtype=cache_dtype)
     return {
@@ -98,8 +102,8 @@ def test_backend_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_public_names_stay_functions_after_the_triton_modules_load() -> None:
     # A submodule named like a public function would replace it on the package when first imported.
     import fastswitch.kernels as kernels
-    import fastswitch.kernels.triton_attention  # noqa: F401
-    import fastswitch.kernels.triton_block_copy  # noqa: F401
+    import fastswitch.kernels.triton_attention
+    import fastswitch.kernels.triton_block_copy
     import fastswitch.kernels.triton_store  # noqa: F401
 
     for name in ("paged_attention", "store_kv", "pack_blocks", "unpack_blocks"):

@@ -42,7 +42,12 @@ def compile_all() -> None:
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from fastswitch.kernels.attention_plan import merge_block_size, next_power_of_two, plan_attention, shared_memory_bound
+    from fastswitch.kernels.attention_plan import (
+        merge_block_size,
+        next_power_of_two,
+        plan_attention,
+        shared_memory_bound,
+    )
     from fastswitch.kernels.triton_attention import merge_splits_kernel, paged_attention_kernel
     from fastswitch.kernels.triton_block_copy import copy_blocks_kernel
     from fastswitch.kernels.triton_store import store_kv_kernel
@@ -80,7 +85,8 @@ def compile_all() -> None:
             shared = compiled[key].metadata.shared
             bound = shared_memory_bound(plan.block_m, plan.block_n, plan.head_dim_pad, full_precision)
             print(f"{device} {what}: tiles {plan.block_m}x{plan.block_n}x{plan.head_dim_pad}, "
-                  f"{plan.num_splits} splits, {plan.num_warps} warps, shared {shared} B (bound {bound}, limit {shared_limit})")
+                  f"{plan.num_splits} splits, {plan.num_warps} warps, "
+                  f"shared {shared} B (bound {bound}, limit {shared_limit})")
             if not shared <= min(bound, shared_limit):
                 failures.append(f"{device} {what}: shared {shared} B, bound {bound}, limit {shared_limit}")
             if plan.num_splits > 1:
@@ -89,7 +95,8 @@ def compile_all() -> None:
                     merge_splits_kernel, target,
                     {"out_ptr": pointer, "partial_ptr": "*fp32", "lse_ptr": "*fp32", "num_tokens": "i32"},
                     {"NUM_HEADS": num_q_heads, "HEAD_DIM": head_dim, "NUM_SPLITS": plan.num_splits,
-                     "SPLITS_PAD": splits_pad, "BLOCK_E": merge_block_size(num_q_heads * head_dim, plan.num_splits, False)},
+                     "SPLITS_PAD": splits_pad,
+                     "BLOCK_E": merge_block_size(num_q_heads * head_dim, plan.num_splits, False)},
                 )
         store_strides = [f"stride_{a}_{b}" for a in ("key", "value") for b in "thd"]
         store_strides += [f"stride_{a}{b}" for a in "kv" for b in "bshd"]
@@ -101,7 +108,8 @@ def compile_all() -> None:
         )
         build(
             copy_blocks_kernel, target,
-            {"src_ptr": "*i32", "dst_ptr": "*i32", "src_ids_ptr": "*i32", "dst_ids_ptr": "*i32", "words_per_block": "i32"},
+            {"src_ptr": "*i32", "dst_ptr": "*i32", "src_ids_ptr": "*i32", "dst_ids_ptr": "*i32",
+             "words_per_block": "i32"},
             {"BLOCK": 4096},
         )
     if failures:

@@ -1,18 +1,19 @@
 """Block ids whose element offset passes 2^31: the kernels must index in int64.
 
 On the CPU the cache is a lazily backed allocation of about 8.6 GB of which only the few blocks used
-are ever touched, so the test needs little real memory; on a GPU it takes 8.6 GB of device memory. An int32 offset would wrap and read or write outside
-the cache (a wrong answer or a crash), which is what this guards against.
+are ever touched, so the test needs little real memory; on a GPU it takes 8.6 GB of device memory.
+An int32 offset would wrap and read or write outside the cache (a wrong answer or a crash), which is
+what this guards against.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from kernel_batches import KERNEL_DEVICE
 
 from fastswitch.kernels import pack_blocks, reference, store_kv, unpack_blocks
 from fastswitch.kernels.triton_attention import paged_attention_triton
+from kernel_batches import KERNEL_DEVICE
 
 BLOCK_ELEMENTS = 1 * 2 * 8 * 1 * 16  # layers * K/V * block_size * Hkv * D
 NUM_BLOCKS = (1 << 31) // BLOCK_ELEMENTS + 64

@@ -1,14 +1,16 @@
-"""The Triton paged-attention kernel (compiled on a GPU, else under the interpreter) against its torch twin on the CPU."""
+"""The Triton paged-attention kernel (compiled on a GPU, else under the interpreter) against its torch
+twin on the CPU."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
-from kernel_batches import KERNEL_DEVICE, PagedBatch, for_backend, paged_batches, tolerance
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastswitch.kernels import AttentionBatch, paged_attention, reference
 from fastswitch.kernels.triton_attention import paged_attention_triton
+from kernel_batches import KERNEL_DEVICE, PagedBatch, for_backend, paged_batches, tolerance
 
 
 def assert_matches_twin(batch: PagedBatch, num_splits: int | None = None) -> None:
@@ -24,7 +26,10 @@ def test_mixed_batches_match_the_torch_twin(batch: PagedBatch) -> None:
 
 
 @settings(max_examples=15)
-@given(batch=paged_batches(head_dims=(64, 80), max_context=300, kinds=("chunked", "decode")), num_splits=st.integers(2, 5))
+@given(
+    batch=paged_batches(head_dims=(64, 80), max_context=300, kinds=("chunked", "decode")),
+    num_splits=st.integers(2, 5),
+)
 def test_split_kv_ranges_merge_to_the_same_result(batch: PagedBatch, num_splits: int) -> None:
     # More splits than a short sequence has keys leaves some splits empty: the merge must ignore them.
     assert_matches_twin(batch, num_splits)
@@ -63,7 +68,8 @@ def test_a_host_layout_gives_the_same_result_without_reading_the_device(backend:
     )
     args = (q, cache[:, 0, 0], cache[:, 0, 1], tables, seq_lens, starts)
     layout = AttentionBatch.from_host([0, 1, 5], [9, 20], tables)
-    torch.testing.assert_close(paged_attention(*args, backend=backend, layout=layout), paged_attention(*args, backend=backend))
+    with_lists = paged_attention(*args, backend=backend, layout=layout)
+    torch.testing.assert_close(with_lists, paged_attention(*args, backend=backend))
     with pytest.raises(ValueError, match="seq_lens\\[1\\]=30"):
         paged_attention(*args, backend=backend, layout=AttentionBatch.from_host([0, 1, 5], [9, 30], tables))
     with pytest.raises(ValueError, match="B=2 sequences"):
@@ -96,7 +102,11 @@ def test_auto_backend_runs_triton_on_the_kernel_device(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(triton_module, "paged_attention_triton", recording)
     cache, q, one, starts = for_backend(
-        "auto", torch.randn(2, 8, 1, 16), torch.randn(1, 1, 16), torch.ones(1, dtype=torch.int32), torch.tensor([0, 1], dtype=torch.int32)
+        "auto",
+        torch.randn(2, 8, 1, 16),
+        torch.randn(1, 1, 16),
+        torch.ones(1, dtype=torch.int32),
+        torch.tensor([0, 1], dtype=torch.int32),
     )
     paged_attention(q, cache, cache, one.view(1, 1), one, starts)
     assert len(calls) == 1

@@ -1,13 +1,15 @@
-"""The Triton store kernel (on the kernel device) against its torch twin: the same bits in the same slots, nothing else touched."""
+"""The Triton store kernel (on the kernel device) against its torch twin: the same bits in the same
+slots, nothing else touched."""
 
 from __future__ import annotations
 
 import torch
-from hypothesis import given, strategies as st
-from kernel_batches import for_backend
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fastswitch.kernels import reference
 from fastswitch.kernels.triton_store import store_kv_triton
+from kernel_batches import for_backend
 
 
 @given(

@@ -26,7 +26,10 @@ from fastswitch.models.sampling import TokenHistory, apply_top_k_top_p
         (dict(top_p=1.5), "top_p=1.5"),
         (dict(min_p=-0.1), "min_p=-0.1"),
         (dict(min_p=1.01), "min_p=1.01"),
-        (dict(seed=2**64), r"seed=18446744073709551616 must be None or an integer in \[-9223372036854775808, 18446744073709551615\]"),
+        (
+            dict(seed=2**64),
+            r"seed=18446744073709551616 must be None or an integer in \[-9223372036854775808, 18446744073709551615\]",
+        ),
         (dict(seed=-(2**63) - 1), "seed=-9223372036854775809"),
         (dict(seed=2**64 - 2, n=3), "seed=18446744073709551614"),
         (dict(seed=1.0), "seed=1.0"),
