@@ -1,8 +1,9 @@
 """The Llama-family forward written for serving: packed tokens, paged KV cache, no padding.
 
 All new tokens of a step (prefills, prefill chunks and decodes of many sequences) run as one packed
-[T, hidden] batch. Each layer writes its new K/V into the block-major cache through `store_kv` and
-attends over each sequence's cached blocks with `paged_attention`, so a prefill chunk and a decode
+[T, hidden] batch. Each layer writes its new K/V into the block-major cache through `store_kv` (at
+the step's slot mapping) and attends over each sequence's cached blocks with `paged_attention` (as
+the step's `AttentionBatch` says; the ModelRunner builds both), so a prefill chunk and a decode
 token take the same path. Q, K and V come from one fused matmul, gate and up from another: fewer,
 larger matmuls are what a CPU (and a GPU) does best. Ops otherwise follow `transformers`' Llama in
 the same order and precision (RMSNorm in fp32, rotary in fp32 then cast), so outputs match it.
@@ -12,7 +13,7 @@ on o); Qwen3 normalises each query and key head (RMSNorm over head_dim) before r
 head_dim other than hidden/heads; Mistral and Qwen may slide their attention window (see
 `max_supported_len`).
 
-Under tensor parallelism (`fastswitch.parallel.Partition`) each rank builds only its heads and MLP
+Under tensor parallelism (`fastswitch.parallel.partition.Partition`) each rank builds only its heads and MLP
 rows; o and down are row-parallel and sum their partial outputs with one all-reduce each.
 
 The weights are created uninitialised (on the meta device first, so no random init is paid for);

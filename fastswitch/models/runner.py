@@ -1,8 +1,8 @@
 """ModelRunner: one forward over a list of chunks (prefills, prefill pieces, decodes), packed together.
 
-The engine's executor hands it the scheduler's chunks as they are (`fastswitch.sched.ScheduledChunk`;
-a tensor-parallel worker, the same three fields in a `fastswitch.parallel.messages.StepChunk`): any
-object with the fields of `Chunk`. A chunk is the new tokens of one sequence plus where its KV lives:
+It takes the scheduler's chunks as they are (`fastswitch.sched.ScheduledChunk`, from the engine's
+executor) or, on a tensor-parallel worker, the `fastswitch.parallel.messages.StepChunk`s of rank 0's
+message: anything with the fields of `Chunk`. A chunk is the new tokens of one sequence plus where its KV lives:
 `num_cached` tokens are already in the cache, and the chunk's tokens go to positions num_cached ..
 num_cached + len - 1 of its block table. The runner packs the chunks into the inputs of the Llama
 forward (token ids, positions, the cache slot of each new token, and the `AttentionBatch` that every
