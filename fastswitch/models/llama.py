@@ -13,8 +13,8 @@ on o); Qwen3 normalises each query and key head (RMSNorm over head_dim) before r
 head_dim other than hidden/heads; Mistral and Qwen may slide their attention window (see
 `max_supported_len`).
 
-Under tensor parallelism (`fastswitch.parallel.partition.Partition`) each rank builds only its heads and MLP
-rows; o and down are row-parallel and sum their partial outputs with one all-reduce each.
+Under tensor parallelism (`fastswitch.parallel.partition.Partition`) each rank builds only its heads
+and MLP rows; o and down are row-parallel and sum their partial outputs with one all-reduce each.
 
 The weights are created uninitialised (on the meta device first, so no random init is paid for);
 `fastswitch.models.loader` fills them.
@@ -275,7 +275,7 @@ class LlamaForServing(nn.Module):
         slot_mapping: torch.Tensor,  # [T] int64: block_id * block_size + offset of each new token
         batch: AttentionBatch,
         kv_cache: KVCache,
-        backend: str = "auto",
+        backend: str,
     ) -> torch.Tensor:
         """Hidden states [T, hidden] after the final norm. The new tokens' K/V land in kv_cache at
         slot_mapping, and every layer attends over the cache as `batch` says; backend picks the
