@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from fastswitch.config import EngineConfig
-from fastswitch.engine import Engine
+from fastswitch.build import build_engine
 from fastswitch.models.loader import load_model
 from fastswitch.sim.workload_driver import replay
 from fastswitch.workloads import synthetic_sharegpt
@@ -46,18 +46,18 @@ COLUMNS = (  # (stats key, label, scale, lower is better)
 
 
 def default_model() -> Path:
-    from fastswitch.server.model_sources import default_model_path
+    from fastswitch.model_sources import default_model_path
 
     return default_model_path()
 
 
 def run_preset(model, preset: str, args, workload) -> dict:
     config = EngineConfig.from_preset(
-        preset, block_size=16, num_gpu_blocks=args.gpu_blocks, num_cpu_blocks=args.gpu_blocks * 8,
+        preset, block_size=16, num_gpu_blocks=args.gpu_blocks, num_cpu_blocks=args.gpu_blocks * 8, max_model_len=2048,
         max_num_seqs=8, max_num_batched_tokens=256, policy="priority", priority_pattern="random",
         priority_update_freq=args.update_freq, seed=args.seed, attention_backend="torch",
     )
-    engine = Engine.for_model(model, config, max_model_len=2048, num_gpu_blocks=args.gpu_blocks)
+    engine = build_engine(model, config)
     start = time.perf_counter()
     outputs = replay(engine, workload, wait_until=lambda t: time.sleep(max(0.0, t - time.monotonic())), progress=True)
     wall = time.perf_counter() - start

@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 
 from fastswitch.models.loader import load_model, resolve_device
 from fastswitch.models.sampling import SamplingParams
-from fastswitch.server import ServingEngine, resolve_model
+from fastswitch.model_sources import resolve_model
+from fastswitch.server import ServingEngine
 from fastswitch.sim.report import format_table
 
 PRESETS = ("vllm", "fastswitch")
@@ -94,7 +95,7 @@ def run_preset(loaded, model_name: str, preset: str, args: argparse.Namespace) -
                 if name not in live and next_turn[name] < args.turns:
                     question = questions[next_turn[name] % len(questions)]
                     last = conversations[name].turns[-1] if conversations[name].turns else None
-                    new_ids = serving.encode_chat_turn(histories[name], question, last is not None and last.finish_reason == "stop")
+                    new_ids = serving.encode_chat_turn(histories[name], question, last)
                     live[name] = (next_turn[name], question, len(new_ids), conversations[name].submit(new_ids, params))
                     next_turn[name] += 1
             engine.step()

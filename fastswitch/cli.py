@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from fastswitch.config import PRESETS
 from fastswitch.models.sampling import SamplingParams
+from fastswitch.outputs import RequestOutput
 from fastswitch.server.body_limit import DEFAULT_MAX_BODY_BYTES
 from fastswitch.sched.policies import policy_names
 
@@ -113,7 +114,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     interactive = not scripted
     if interactive:
         print(f"Chatting with {serving.model_name}; an empty line or Ctrl-D ends.", file=sys.stderr)
-    last_stopped = False
+    last: RequestOutput | None = None  # the last answer
     while True:
         if interactive:
             try:
@@ -127,7 +128,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             print(f"you> {message}")
         if not message:
             break
-        new_ids = serving.encode_chat_turn(history, message, last_stopped)
+        new_ids = serving.encode_chat_turn(history, message, last)
         output = conversation.submit(new_ids, params, prompt=message)
         stream = TextStream(serving.decode)
         print("assistant> ", end="", flush=True)
@@ -141,7 +142,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         print(f"\n[{len(output.token_ids)} tokens, TTFT {ttft * 1000:.0f} ms, {len(new_ids)} new prompt tokens, "
               f"{len(conversation.token_ids)} in context]", file=sys.stderr)  # fmt: skip
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": output.text}]
-        last_stopped = output.finish_reason == "stop"
+        last = output
     conversation.close()
     serving.close()
     return 0

@@ -193,11 +193,7 @@ def create_app(serving: ServingEngine, model_id: str | None = None,
 
 
 async def _prompt_ids(serving: ServingEngine, prompt: str | list[int], add_special_tokens: bool) -> list[int]:
+    """The prompt's token ids, as they are or encoded; the engine checks them (Engine.check_request)."""
     if isinstance(prompt, str):
-        token_ids = await asyncio.to_thread(serving.encode, prompt, add_special_tokens)
-        if not token_ids:
-            raise p.OpenAIError("prompt is empty: it encodes to no tokens", param="prompt")
-        return token_ids
-    if not prompt:
-        raise p.OpenAIError("prompt: an empty list of token ids", param="prompt")
+        return await asyncio.to_thread(serving.encode, prompt, add_special_tokens)
     return list(prompt)
