@@ -30,10 +30,10 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from fastswitch.config import EngineConfig  # noqa: E402
 from fastswitch.build import build_engine  # noqa: E402
-from fastswitch.models.loader import load_model  # noqa: E402
+from fastswitch.config import EngineConfig  # noqa: E402
 from fastswitch.model_sources import resolve_model  # noqa: E402
+from fastswitch.models.loader import load_model  # noqa: E402
 from fastswitch.sim.calibrate import calibrate_cpu  # noqa: E402
 from fastswitch.sim.model_shapes import ModelShape  # noqa: E402
 from fastswitch.sim.report import format_table  # noqa: E402

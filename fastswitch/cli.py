@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 from fastswitch.config import PRESETS
 from fastswitch.models.sampling import SamplingParams
 from fastswitch.outputs import RequestOutput
-from fastswitch.server.body_limit import DEFAULT_MAX_BODY_BYTES
 from fastswitch.sched.policies import policy_names
+from fastswitch.server.body_limit import DEFAULT_MAX_BODY_BYTES
 
 SERVE_EXTRA_MODULES = ("fastapi", "uvicorn")
 DEFAULT_BENCH_OUT = Path("benchmarks/results/cli_bench.json")
@@ -168,7 +168,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         replay(serving.engine, workload, lambda t: time.sleep(max(0.0, t - time.monotonic())), progress=True)
         serving.close()
         stats = serving.engine.stats()
-        rows.append({"preset": preset, "turns": workload.num_turns, **stats, "swap_out_mb": stats["swap_out_bytes"] / 2**20,
+        swap_out_mb = stats["swap_out_bytes"] / 2**20
+        rows.append({"preset": preset, "turns": workload.num_turns, **stats, "swap_out_mb": swap_out_mb,
                      "wall_s": time.perf_counter() - started})  # fmt: skip
     print(format_table(rows, BENCH_COLUMNS))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +195,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     serving = _load(args, tensor_parallel_size=args.tensor_parallel_size)
     print(f"serving {serving.model_name} as {args.served_model_name or serving.model_name!r} on "
-          f"http://{args.host}:{args.port}/v1 ({args.preset} preset, {args.policy} policy)", file=sys.stderr)  # fmt: skip
+          f"http://{args.host}:{args.port}/v1 ({args.preset} preset, {args.policy} policy)",
+          file=sys.stderr)  # fmt: skip
     try:
         run_server(serving, args.host, args.port, args.served_model_name, args.log_level, args.max_body_bytes)
     finally:
@@ -203,7 +205,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastswitch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fastswitch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     gen = commands.add_parser("generate", help="answer prompts (batched) and print the answers")
@@ -233,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--priority-update-freq", type=float, default=0.04,
                        help="per-step probability of re-drawn priorities (default 0.04, the paper's)")  # fmt: skip
     bench.add_argument("--workload-seed", type=int, default=0, help="seed of the synthetic workload (default 0)")
-    bench.add_argument("--out", type=Path, default=DEFAULT_BENCH_OUT, help=f"JSON results (default {DEFAULT_BENCH_OUT})")
+    bench.add_argument("--out", type=Path, default=DEFAULT_BENCH_OUT,
+                       help=f"JSON results (default {DEFAULT_BENCH_OUT})")  # fmt: skip
     _engine_options(bench, policy="priority")
     bench.set_defaults(func=cmd_bench)
 

@@ -9,7 +9,7 @@ uses seed + i, as vLLM's parallel sampling does.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 from fastswitch.models.sampling import SamplingParams
 from fastswitch.sched.request import Request

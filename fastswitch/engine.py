@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 from fastswitch.cache.block_manager import BlockManager
 from fastswitch.cache.copy_engine import CopyEngine
@@ -46,8 +46,8 @@ from fastswitch.models.sampling import SamplingParams
 from fastswitch.outputs import RequestOutput
 from fastswitch.sched.conversation import Conversation
 from fastswitch.sched.metrics import RunMetrics
-from fastswitch.sched.request import Request, ScheduledChunk, SchedulerOutput
 from fastswitch.sched.priority_trace import PriorityTrace
+from fastswitch.sched.request import Request, ScheduledChunk, SchedulerOutput
 from fastswitch.sched.scheduler import Scheduler
 from fastswitch.sched.vllm_scheduler import VllmScheduler
 
@@ -219,7 +219,9 @@ class Engine:
         if arrival_time is None:
             return now
         if isinstance(arrival_time, bool) or not isinstance(arrival_time, (int, float)) or not arrival_time <= now:
-            raise ValueError(f"arrival_time={arrival_time!r} must be a time on the executor's clock at most now={now!r}")
+            raise ValueError(
+                f"arrival_time={arrival_time!r} must be a time on the executor's clock at most now={now!r}"
+            )
         return float(arrival_time)
 
     def abort(self, request_id: str) -> RequestOutput | None:
@@ -289,7 +291,8 @@ class Engine:
                 prompt_end = min(chunk.num_cached + len(chunk.token_ids), chunk.request.num_prompt_tokens)
                 self.num_prompt_tokens += max(0, prompt_end - chunk.num_cached)
             self.num_generated_tokens += sum(token is not None for token in sampled) + len(forks)
-            advanced = [self._outputs[c.request.request_id] for c in out.chunks if c.sample and c.request.request_id not in errors]
+            sampled_ids = [c.request.request_id for c in out.chunks if c.sample]
+            advanced = [self._outputs[request_id] for request_id in sampled_ids if request_id not in errors]
             advanced += [self._outputs[child.request_id] for child, _, _ in forks]
             for request in finished:
                 self._retire(request)

@@ -3,9 +3,10 @@ multi-turn `conversation`; or drive the engine step by step (`add_request`, `ste
 
 Behind it is the preemptive engine (fastswitch/engine.py): iteration-level batching under a token
 budget, the scheduling policy of the config (`fcfs`, `priority`, `vtc`, `mlfq`, or a plug-in:
-`LLM(model, policy=MyPolicy())`, see sched/policies.py), preemption by swap or recompute, and the three FastSwitch mechanisms as the preset and overrides set them. `stats()` gives
-the engine's counters (swaps, bytes, copy calls, time the executor waited on swaps) and the run's
-tail latencies.
+`LLM(model, policy=MyPolicy())`, see sched/policies.py), preemption by swap or recompute, and the
+three FastSwitch mechanisms as the preset and overrides set them. `stats()` gives the engine's
+counters (swaps, bytes, copy calls, time the executor waited on swaps) and the run's tail latencies.
+Requests are checked at the engine's front door (Engine.check_request) before anything runs.
 
 Prompts may be strings (tokenized as they are, with the tokenizer's special tokens such as BOS) or
 token-id lists (taken as they are). The chat template is applied only by `chat` and conversations.
@@ -25,7 +26,7 @@ output per prompt, completion 0, whose `samples` lists all n (see RequestOutput)
 
 from __future__ import annotations
 
-from typing import Hashable
+from collections.abc import Hashable
 
 from fastswitch.build import build_engine, load_for_engine
 from fastswitch.chat_template import answer_stop_text, chat_turn_tokens, check_chat_template, render_chat
@@ -110,7 +111,7 @@ class LLM:
             output.prompt = text
         return outputs
 
-    def conversation(self, system: str | None = None, priority: int = 0, client_id: Hashable = None) -> "ChatSession":
+    def conversation(self, system: str | None = None, priority: int = 0, client_id: Hashable = None) -> ChatSession:
         """A multi-turn chat whose turns append to one KV context: `session.send("...")` answers a turn."""
         check_chat_template(self.tokenizer)
         return ChatSession(self, self.engine.conversation(client_id, priority), system)
@@ -223,7 +224,9 @@ def check_messages(messages) -> None:
     for i, message in enumerate(messages):
         if not (isinstance(message, dict) and isinstance(message.get("role"), str)
                 and isinstance(message.get("content"), str)):  # fmt: skip
-            raise ValueError(f"message {i} must be a dict with a string 'role' and a string 'content', got {message!r:.80}")
+            raise ValueError(
+                f"message {i} must be a dict with a string 'role' and a string 'content', got {message!r:.80}"
+            )
 
 
 class ChatSession:

@@ -7,8 +7,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from fastswitch.llm import LLM
-from fastswitch.models import SamplingParams
 from fastswitch.model_sources import tiny_random_llama
+from fastswitch.models import SamplingParams
 
 EOS = 2
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from fastswitch.config import EngineConfig
 from fastswitch.build import build_engine
+from fastswitch.config import EngineConfig
 from fastswitch.engine import Engine
 from fastswitch.models.loader import load_model
 from fastswitch.models.sampling import SamplingParams

@@ -3,8 +3,8 @@ loading the command line and examples share with it."""
 
 from __future__ import annotations
 
-from fastswitch.server.body_limit import DEFAULT_MAX_BODY_BYTES
 from fastswitch.model_sources import TINY_RANDOM, default_model_path, resolve_model, tiny_random_llama
+from fastswitch.server.body_limit import DEFAULT_MAX_BODY_BYTES
 from fastswitch.server.serving_engine import ServingEngine
 
 
