@@ -89,7 +89,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     serving = _load(args)
     encode = (lambda text: serving.encode_chat([{"role": "user", "content": text}])) if args.chat else serving.encode
     outputs = [serving.engine.add_request(encode(p), params, prompt=p) for p in args.prompts]
-    with tqdm(total=len(outputs) * params.max_tokens, unit="tok", desc="generating", file=sys.stderr) as bar:
+    with tqdm(total=len(outputs) * args.max_tokens, unit="tok", desc="generating", file=sys.stderr) as bar:
         while serving.engine.has_unfinished():
             serving.engine.step()
             bar.n = sum(len(o.token_ids) for o in outputs)

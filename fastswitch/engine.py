@@ -371,6 +371,7 @@ class Engine:
     def _fail(self, request_id: str, message: str) -> Request:
         """Ends one request whose step failed (its blocks freed); the step goes on for the others."""
         request = self.scheduler.abort(request_id, self.executor.now())
+        assert request is not None, f"request {request_id} failed in this step, so it was live"
         request.finish_reason = "error"
         self._outputs[request_id].error = message
         return request

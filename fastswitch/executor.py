@@ -76,7 +76,8 @@ class ModelExecutor:
         logits = self._forward(chunks)
         sampled: list[int | None] = [None] * len(chunks)
         errors: dict[str, str] = {}
-        rows, generators = [], []
+        rows: list[int] = []
+        generators: list[torch.Generator] = []
         for i, chunk in enumerate(chunks):
             if chunk.sample:
                 try:
@@ -89,8 +90,10 @@ class ModelExecutor:
             params = [chunks[i].request.params for i in rows]
             histories = [_history(chunks[i].request) for i in rows]
             saved = {id(g): (g, g.get_state()) for g in generators}
+            batch_generators: list[torch.Generator | None] = list(generators)
+            tokens: list[int | None]
             try:
-                tokens = self.sampler.sample(logits[rows], params, generators, histories)
+                tokens = list(self.sampler.sample(logits[rows], params, batch_generators, histories))
             except Exception:
                 # Find the rows that fail, one at a time, from the generators' states before the batch:
                 # the rows that succeed draw exactly what the batch would have drawn for them.
@@ -117,10 +120,9 @@ class ModelExecutor:
         """ForkingExecutor.fork: SamplingParams.n > 1 over this executor's cache and sampler."""
         self.runner.kv_cache.copy_blocks(src_blocks, dst_blocks)
         logits = self._last_logits[chunk_index].expand(len(forks), -1)
-        tokens = self.sampler.sample(
-            logits, [r.params for r in forks], [self._generator(r) for r in forks], [_history(r) for r in forks]
-        )
-        _record_logprobs(forks, logits, tokens)
+        generators: list[torch.Generator | None] = [self._generator(r) for r in forks]
+        tokens = self.sampler.sample(logits, [r.params for r in forks], generators, [_history(r) for r in forks])
+        _record_logprobs(forks, logits, list(tokens))
         return tokens
 
     def _forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
@@ -130,6 +132,7 @@ class ModelExecutor:
         logits, every_token = self.runner.forward_every_token(forward_chunks, wanted)
         for i in wanted:
             request, rows = chunks[i].request, _prompt_rows(chunks[i])
+            assert request.prompt_logprobs is not None  # _prompt_rows is empty without them
             positions = [chunks[i].num_cached + row + 1 for row in rows]  # row j predicts the next token
             request.prompt_logprobs += token_logprobs(
                 every_token[i][rows], [request.prompt_token_ids[p] for p in positions],
@@ -167,7 +170,9 @@ def _prompt_rows(chunk: ScheduledChunk) -> list[int]:
 
 def _record_logprobs(requests: list[Request], logits: torch.Tensor, tokens: list[int | None]) -> None:
     """Appends each sampled token's logprobs (SamplingParams.logprobs) to its request."""
-    rows = [i for i, (r, t) in enumerate(zip(requests, tokens)) if r.logprobs is not None and t is not None]
-    entries = token_logprobs(logits[rows], [tokens[i] for i in rows], [requests[i].params.logprobs for i in rows])
-    for i, entry in zip(rows, entries):
-        requests[i].logprobs.append(entry)
+    wanted = [(i, r.logprobs, t) for i, (r, t) in enumerate(zip(requests, tokens))
+              if r.logprobs is not None and t is not None]  # fmt: skip
+    rows = [i for i, _, _ in wanted]
+    entries = token_logprobs(logits[rows], [t for _, _, t in wanted], [requests[i].params.logprobs for i in rows])
+    for (_, logprobs, _), entry in zip(wanted, entries):
+        logprobs.append(entry)

@@ -27,6 +27,7 @@ output per prompt, completion 0, whose `samples` lists all n (see RequestOutput)
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import Any
 
 from fastswitch.build import build_engine, load_for_engine
 from fastswitch.chat_template import answer_stop_text, chat_turn_tokens, check_chat_template, render_chat
@@ -51,7 +52,8 @@ class LLM:
         """
         self.config = EngineConfig.from_preset(preset, **overrides)
         loaded, self.workers = load_for_engine(model, self.config, tensor_parallel_size, tokenizer=tokenizer)
-        self.model, self.tokenizer, self.hf_config = loaded.model, loaded.tokenizer, loaded.hf_config
+        self.model, self.hf_config = loaded.model, loaded.hf_config
+        self.tokenizer: Any = loaded.tokenizer  # a transformers tokenizer, or None
         self.eos_token_ids = loaded.eos_token_ids
         self.engine = build_engine(
             self.model, self.config, tokenizer=self.tokenizer, eos_token_ids=self.eos_token_ids, workers=self.workers
@@ -78,12 +80,13 @@ class LLM:
         clients = self._per_prompt("client_ids", "default" if client_ids is None else client_ids, len(prompts))
         checked = [self._check_request(p, sp, pr) for p, sp, pr in zip(prompts, params, priorities)]
         ids = [self.engine.new_request_id() for _ in prompts]
-        outputs: list[RequestOutput | None] = [None] * len(prompts)
+        added: dict[int, RequestOutput] = {}
         for i in sorted(range(len(prompts)), key=lambda i: priorities[i]):  # stable: prompt order within a level
             text, token_ids = checked[i]
-            outputs[i] = self.engine.add_request(
+            added[i] = self.engine.add_request(
                 token_ids, params[i], request_id=ids[i], priority=priorities[i], client_id=clients[i], prompt=text
             )
+        outputs = [added[i] for i in range(len(prompts))]
         self._run_until(outputs)
         _raise_for_failed(outputs)
         return outputs
@@ -96,14 +99,14 @@ class LLM:
     ) -> list[RequestOutput]:
         """Answer one conversation (a list of {"role", "content"} messages) or a list of them, statelessly.
         For a conversation that continues turn after turn on its own KV, use `conversation()`."""
-        if isinstance(conversations, (list, tuple)) and conversations and isinstance(conversations[0], dict):
-            conversations = [conversations]
         if not isinstance(conversations, (list, tuple)):
             kind = type(conversations).__name__
             raise ValueError(f"conversations must be a list of messages or a list of such lists, got {kind}")
-        for conversation in conversations:
-            check_messages(conversation)
-        rendered = [render_chat(self.tokenizer, c) for c in conversations]
+        one = bool(conversations) and isinstance(conversations[0], dict)
+        chats: list = [conversations] if one else list(conversations)
+        for messages in chats:
+            check_messages(messages)
+        rendered = [render_chat(self.tokenizer, messages) for messages in chats]
         # The template already holds the special tokens (BOS, role markers): add none.
         token_ids = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
         outputs = self.generate(token_ids, sampling_params, priorities)

@@ -10,9 +10,10 @@ every choice is done, and aborts the requests when the client goes away first.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import cast
 
 from fastapi import Request
 
@@ -33,8 +34,8 @@ class Choice:
     prompt_logprobs: list | None = None
 
 
-def sampling_params(body: p.SamplingFields, prompt_lens: list[int], max_model_len: int, default_max: int,
-                    prompt_logprobs: int | None) -> SamplingParams:  # fmt: skip
+def sampling_params(body: p.CompletionRequest | p.ChatCompletionRequest, prompt_lens: list[int], max_model_len: int,
+                    default_max: int, prompt_logprobs: int | None) -> SamplingParams:  # fmt: skip
     """vLLM's check: prompt + max_tokens must fit max_model_len; an omitted max_tokens is the endpoint's
     default cut to the room the longest prompt leaves."""
     longest = max(prompt_lens)
@@ -51,11 +52,13 @@ def sampling_params(body: p.SamplingFields, prompt_lens: list[int], max_model_le
         return SamplingParams(
             max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
             min_p=body.min_p, seed=body.seed, stop_token_ids=tuple(body.stop_token_ids), ignore_eos=body.ignore_eos,
-            n=body.n, stop=() if body.stop is None else body.stop,
+            n=body.n, stop=(body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ()),
             include_stop_str_in_output=body.include_stop_str_in_output,
             min_tokens=body.min_tokens, presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty, repetition_penalty=body.repetition_penalty,
-            logit_bias=body.logit_bias, logprobs=body.logprobs_wanted(), prompt_logprobs=prompt_logprobs,
+            # SamplingParams reads the JSON's string keys as token ids.
+            logit_bias=cast("Mapping[int, float] | None", body.logit_bias),
+            logprobs=body.logprobs_wanted(), prompt_logprobs=prompt_logprobs,
         )  # fmt: skip
     except ValueError as exc:
         raise p.OpenAIError(str(exc), param=param_named_in(str(exc))) from exc

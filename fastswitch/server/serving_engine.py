@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fastswitch.build import build_engine, load_for_engine
 from fastswitch.chat_template import answer_stop_text, chat_turn_tokens, render_chat
@@ -23,7 +24,7 @@ from fastswitch.parallel.workers import WorkerGroup
 @dataclass
 class ServingEngine:
     engine: Engine
-    tokenizer: object  # a transformers tokenizer
+    tokenizer: Any  # a transformers tokenizer
     model_name: str
     max_model_len: int  # the longest sequence served (Engine.max_seq_len): max_model_len cut to the KV cache
 
