@@ -52,6 +52,15 @@ from fastswitch.sched.scheduler import Scheduler
 from fastswitch.sched.vllm_scheduler import VllmScheduler
 
 
+class ContextTooLong(ValueError):
+    """Raised by Engine.check_request for a prompt (plus, when asked, its max_tokens) longer than the
+    engine serves; carries the numbers for a front end's own wording (the server's is vLLM's)."""
+
+    def __init__(self, message: str, num_prompt_tokens: int, num_output_tokens: int, limit: int) -> None:
+        super().__init__(message)
+        self.num_prompt_tokens, self.num_output_tokens, self.limit = num_prompt_tokens, num_output_tokens, limit
+
+
 class Engine:
     def __init__(
         self,
@@ -118,6 +127,7 @@ class Engine:
         seq_id: Hashable = None,
         keep_kv: bool = False,
         arrival_time: float | None = None,
+        reserve_output: bool = False,
     ) -> RequestOutput:
         """Queues a request; returns its RequestOutput, which fills in as the engine steps.
 
@@ -125,11 +135,14 @@ class Engine:
         KV appends to that context instead of computing it again. arrival_time: when the request
         arrived, on the executor's clock (default: now); an earlier time, as a workload replay or a
         server's queue knows it, counts the wait before the engine saw the request in its TTFT and
-        places it in arrival order.
+        places it in arrival order. reserve_output: refuse a prompt that leaves no room for max_tokens
+        (check_request).
         """
         arrival_time = self.check_arrival_time(arrival_time)
         params = SamplingParams() if params is None else params
-        token_ids = self.check_request(prompt_token_ids, params, priority, conversation=seq_id is not None or keep_kv)
+        conversation = seq_id is not None or keep_kv
+        token_ids = self.check_request(prompt_token_ids, params, priority, conversation=conversation,
+                                       reserve_output=reserve_output)  # fmt: skip
         with self._lock:
             request_id = self.new_request_id() if request_id is None else str(request_id)
             request = Request(
@@ -186,19 +199,15 @@ class Engine:
         check_params(params, self.detokenize, conversation=conversation,
                      can_fork=isinstance(self.executor, ForkingExecutor))  # fmt: skip
         limit = self.max_seq_len
-        if limit == self.max_model_len:
+        room = (1 if params.max_tokens is None else params.max_tokens) if reserve_output else 0
+        if len(token_ids) + room > limit:
+            asked = f"prompt of {len(token_ids)} tokens"
+            if reserve_output:
+                asked += f" + max_tokens={params.max_tokens} = {len(token_ids) + room}"
             named = f"max_model_len={limit}"
-        else:
-            named = f"max_seq_len={limit} (max_model_len={self.max_model_len} cut to what the device KV cache holds)"
-        if len(token_ids) > limit:
-            raise ValueError(f"prompt of {len(token_ids)} tokens exceeds {named}")
-        if reserve_output:
-            room = 1 if params.max_tokens is None else params.max_tokens
-            if len(token_ids) + room > limit:
-                raise ValueError(
-                    f"prompt of {len(token_ids)} tokens + max_tokens={params.max_tokens} = {len(token_ids) + room} "
-                    f"exceeds {named}"
-                )
+            if limit != self.max_model_len:
+                named = f"max_seq_len={limit} (max_model_len={self.max_model_len} cut to what the device cache holds)"
+            raise ContextTooLong(f"{asked} exceeds {named}", len(token_ids), room, limit)
         return token_ids
 
     @property

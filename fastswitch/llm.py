@@ -78,7 +78,10 @@ class LLM:
         params = self._per_prompt("sampling_params", sampling_params or SamplingParams(), len(prompts))
         priorities = self._per_prompt("priorities", 0 if priorities is None else priorities, len(prompts))
         clients = self._per_prompt("client_ids", "default" if client_ids is None else client_ids, len(prompts))
-        checked = [self._check_request(p, sp, pr) for p, sp, pr in zip(prompts, params, priorities)]
+        tokenized = [self._tokenize(prompt) for prompt in prompts]
+        # Every request is checked before any is added: a bad one leaves nothing behind.
+        checked = [(text, self.engine.check_request(ids, sp, pr, reserve_output=True))
+                   for (text, ids), sp, pr in zip(tokenized, params, priorities)]  # fmt: skip
         ids = [self.engine.new_request_id() for _ in prompts]
         added: dict[int, RequestOutput] = {}
         for i in sorted(range(len(prompts)), key=lambda i: priorities[i]):  # stable: prompt order within a level
@@ -132,11 +135,11 @@ class LLM:
         """Queue one request without running it; `step()` advances it, and its output fills in.
 
         arrival_time: when it arrived, on the engine's clock (`time.monotonic()`; default: now)."""
-        params = sampling_params or SamplingParams()
-        text, token_ids = self._check_request(prompt, params, priority)
+        text, token_ids = self._tokenize(prompt)
         return self.engine.add_request(
-            token_ids, params, priority=priority, client_id=client_id, prompt=text, arrival_time=arrival_time
-        )
+            token_ids, sampling_params or SamplingParams(), priority=priority, client_id=client_id, prompt=text,
+            arrival_time=arrival_time, reserve_output=True,
+        )  # fmt: skip
 
     def step(self) -> list[RequestOutput]:
         """One engine iteration; returns the outputs that got a token (finished ones included)."""
@@ -184,18 +187,16 @@ class LLM:
             raise ValueError(f"{name} has {len(value)} entries but there are {count} prompts")
         return list(value)
 
-    def _check_request(self, prompt, params: SamplingParams, priority: int) -> tuple[str | None, list[int]]:
-        """Tokenize one prompt and check the request at the engine's front door (Engine.check_request,
-        with room for max_tokens); returns (text or None, token ids)."""
+    def _tokenize(self, prompt) -> tuple[str | None, list[int]]:
+        """(text or None, token ids) of one prompt: a string tokenized, token ids as they are (the engine
+        checks them, Engine.check_request, with room for max_tokens as every request here)."""
         if not isinstance(prompt, (str, list, tuple)):
             raise ValueError(f"a prompt must be a string or a list of token ids, got {type(prompt).__name__}")
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise ValueError("a string prompt needs a tokenizer; pass token ids or LLM(..., tokenizer=...)")
-            text, token_ids = prompt, list(self.tokenizer(prompt)["input_ids"])
-        else:
-            text, token_ids = None, list(prompt)
-        return text, self.engine.check_request(token_ids, params, priority, reserve_output=True)
+        if not isinstance(prompt, str):
+            return None, list(prompt)
+        if self.tokenizer is None:
+            raise ValueError("a string prompt needs a tokenizer; pass token ids or LLM(..., tokenizer=...)")
+        return prompt, list(self.tokenizer(prompt)["input_ids"])
 
 
 def _prompt_list(prompts) -> list:

@@ -1,5 +1,6 @@
-"""An OpenAI-compatible HTTP server on the FastSwitch engine (`fastswitch serve`), and the model
-loading the command line and examples share with it."""
+"""An OpenAI-compatible HTTP server on the FastSwitch engine (`fastswitch serve`). The model sources
+(`resolve_model`, `tiny_random_llama`, ...) live in fastswitch/model_sources.py and are re-exported
+here for code that imported them from this package."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from typing import cast
 
 from fastapi import Request
 
+from fastswitch.engine import ContextTooLong
 from fastswitch.models.sampling import SamplingParams
 from fastswitch.server import protocol as p
 from fastswitch.server.engine_thread import EngineFailed, EngineThread, TokenUpdate
@@ -36,18 +37,10 @@ class Choice:
 
 def sampling_params(body: p.CompletionRequest | p.ChatCompletionRequest, prompt_lens: list[int], max_model_len: int,
                     default_max: int, prompt_logprobs: int | None) -> SamplingParams:  # fmt: skip
-    """vLLM's check: prompt + max_tokens must fit max_model_len; an omitted max_tokens is the endpoint's
-    default cut to the room the longest prompt leaves."""
-    longest = max(prompt_lens)
-    room = max_model_len - longest
-    max_tokens = body.max_tokens if body.max_tokens is not None else min(default_max, room)
-    if longest + max_tokens > max_model_len or room < 1:
-        raise p.OpenAIError(
-            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
-            f"{longest + max_tokens} tokens ({longest} in the prompt, {max_tokens} in the "
-            "completion). Please reduce the prompt or max_tokens.",
-            param="max_tokens", code="context_length_exceeded",
-        )  # fmt: skip
+    """An omitted max_tokens is the endpoint's default cut to the room the longest prompt leaves (at
+    least 1: the engine then refuses a prompt that leaves none, see context_length_error)."""
+    room = max_model_len - max(prompt_lens)
+    max_tokens = body.max_tokens if body.max_tokens is not None else max(1, min(default_max, room))
     try:
         return SamplingParams(
             max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
@@ -62,6 +55,17 @@ def sampling_params(body: p.CompletionRequest | p.ChatCompletionRequest, prompt_
         )  # fmt: skip
     except ValueError as exc:
         raise p.OpenAIError(str(exc), param=param_named_in(str(exc))) from exc
+
+
+def context_length_error(exc: ContextTooLong) -> p.OpenAIError:
+    """vLLM's answer to a prompt plus max_tokens beyond the context the engine serves."""
+    total = exc.num_prompt_tokens + exc.num_output_tokens
+    return p.OpenAIError(
+        f"This model's maximum context length is {exc.limit} tokens. However, you requested {total} tokens "
+        f"({exc.num_prompt_tokens} in the prompt, {exc.num_output_tokens} in the completion). Please reduce the "
+        "prompt or max_tokens.",
+        param="max_tokens", code="context_length_exceeded",
+    )  # fmt: skip
 
 
 def param_named_in(message: str) -> str | None:
@@ -109,6 +113,8 @@ class Generation:
         except (ValueError, EngineFailed, asyncio.CancelledError) as exc:
             for future in futures:
                 _abort_once_added(self.engine_thread, future)
+            if isinstance(exc, ContextTooLong):
+                raise context_length_error(exc) from exc
             if isinstance(exc, ValueError):
                 raise p.OpenAIError(str(exc), param=param_named_in(str(exc))) from exc
             if isinstance(exc, EngineFailed):
