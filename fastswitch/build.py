@@ -19,6 +19,10 @@ Defaults, for fields left None:
   pool and the host pool share the machine's RAM, and zero-filling them is paid at start-up.
 - `num_cpu_blocks`: HOST_BLOCKS_PER_DEVICE_BLOCK times the device pool.
 
+The CPU cuts are the ones the server always had; `LLM` had none, so on a CPU it sized SmolLM2-135M's
+pools at the 1 GiB device budget plus a 4 GiB host pool, all zero-filled before the first request.
+One set of defaults now serves both, so the same config gives the same engine from either.
+
 A model-free engine (the simulator) has no limit and no device to size from: it needs
 num_gpu_blocks and max_model_len given.
 """
