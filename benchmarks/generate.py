@@ -67,7 +67,11 @@ def run_fastswitch(gguf: Path, prompts, backend: str, repeats: int):
     from fastswitch.llm import LLM
     from fastswitch.models import SamplingParams
 
-    llm = LLM(gguf, max_model_len=MAX_LEN + NEW_TOKENS, max_num_seqs=NUM_PROMPTS, attention_backend=backend)
+    # A pool for every prompt at full length (on a CPU above the builder's 256 MiB default): no preemption
+    # muddles the comparison with transformers' generate.
+    blocks = NUM_PROMPTS * -(-(MAX_LEN + NEW_TOKENS) // 16)
+    llm = LLM(gguf, max_model_len=MAX_LEN + NEW_TOKENS, max_num_seqs=NUM_PROMPTS, num_gpu_blocks=blocks,
+              block_size=16, attention_backend=backend)  # fmt: skip
     params = SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True)
     llm.generate([p[:20] for p in prompts[:4]], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
     timing, outputs = best_of(repeats, lambda: llm.generate(prompts, params))

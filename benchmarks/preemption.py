@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
+from fastswitch.build import build_engine
 from fastswitch.config import EngineConfig
-from fastswitch.engine import Engine
 from fastswitch.models.loader import load_model
 from fastswitch.sim.workload_driver import replay
 from fastswitch.workloads import synthetic_sharegpt
@@ -46,18 +46,18 @@ COLUMNS = (  # (stats key, label, scale, lower is better)
 
 
 def default_model() -> Path:
-    from fastswitch.server.model_sources import default_model_path
+    from fastswitch.model_sources import default_model_path
 
     return default_model_path()
 
 
 def run_preset(model, preset: str, args, workload) -> dict:
     config = EngineConfig.from_preset(
-        preset, block_size=16, num_gpu_blocks=args.gpu_blocks, num_cpu_blocks=args.gpu_blocks * 8,
+        preset, block_size=16, num_gpu_blocks=args.gpu_blocks, num_cpu_blocks=args.gpu_blocks * 8, max_model_len=2048,
         max_num_seqs=8, max_num_batched_tokens=256, policy="priority", priority_pattern="random",
         priority_update_freq=args.update_freq, seed=args.seed, attention_backend="torch",
     )
-    engine = Engine.for_model(model, config, max_model_len=2048, num_gpu_blocks=args.gpu_blocks)
+    engine = build_engine(model, config)
     start = time.perf_counter()
     outputs = replay(engine, workload, wait_until=lambda t: time.sleep(max(0.0, t - time.monotonic())), progress=True)
     wall = time.perf_counter() - start
@@ -78,12 +78,16 @@ def ratio(vllm: float, fast: float, lower_is_better: bool) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="Llama checkpoint folder or .gguf (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--model", default=None,
+                        help="Llama checkpoint folder or .gguf (default: SmolLM2-135M-Instruct)")  # fmt: skip
     parser.add_argument("--conversations", type=int, default=12)
-    parser.add_argument("--gpu-blocks", type=int, default=24, help="device KV blocks of 16 tokens (small: forces swaps)")
-    parser.add_argument("--update-freq", type=float, default=0.04, help="per-iteration probability of a priority re-draw")
+    parser.add_argument("--gpu-blocks", type=int, default=24,
+                        help="device KV blocks of 16 tokens (small: forces swaps)")  # fmt: skip
+    parser.add_argument("--update-freq", type=float, default=0.04,
+                        help="per-iteration probability of a priority re-draw")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: tiny steps gain nothing from more on a shared CPU)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: tiny steps gain nothing from more on a shared CPU)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

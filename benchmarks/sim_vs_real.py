@@ -30,10 +30,10 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from fastswitch.build import build_engine  # noqa: E402
 from fastswitch.config import EngineConfig  # noqa: E402
-from fastswitch.engine import Engine  # noqa: E402
+from fastswitch.model_sources import resolve_model  # noqa: E402
 from fastswitch.models.loader import load_model  # noqa: E402
-from fastswitch.server import resolve_model  # noqa: E402
 from fastswitch.sim.calibrate import calibrate_cpu  # noqa: E402
 from fastswitch.sim.model_shapes import ModelShape  # noqa: E402
 from fastswitch.sim.report import format_table  # noqa: E402
@@ -105,7 +105,7 @@ def compare(setup: Setup, seed: int = 0, scheduler_mode: str | None = None, log=
                                 scheduler_mode=scheduler_mode)  # fmt: skip
         log(f"{preset}: calibrated at {time.perf_counter() - started:.1f} s: {profile}")
         config = config_of(setup, preset, setup.num_gpu_blocks, scheduler_mode)
-        real_engine = Engine.for_model(model, config, setup.max_model_len, setup.num_gpu_blocks)
+        real_engine = build_engine(model, config)
         real = latencies(replay(real_engine, workload, sleep_until))
         real_engine.close()
         sim = build_simulated_engine(config, shape, profile, max_model_len=setup.max_model_len)

@@ -32,9 +32,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from fastswitch.model_sources import resolve_model
 from fastswitch.models.loader import load_model, resolve_device
 from fastswitch.models.sampling import SamplingParams
-from fastswitch.server import ServingEngine, resolve_model
+from fastswitch.server import ServingEngine
 from fastswitch.sim.report import format_table
 
 PRESETS = ("vllm", "fastswitch")
@@ -90,12 +91,13 @@ def run_preset(loaded, model_name: str, preset: str, args: argparse.Namespace) -
     started = time.perf_counter()
     with tqdm(total=len(users) * args.turns, unit="turn", desc=f"{preset:>10s}", file=sys.stderr) as bar:
         while live or any(next_turn[name] < args.turns for name, _, _ in users):
-            for name, priority, questions in users:  # a user sends the next message once answered
+            for name, _, questions in users:  # a user sends the next message once answered
                 if name not in live and next_turn[name] < args.turns:
                     question = questions[next_turn[name] % len(questions)]
                     last = conversations[name].turns[-1] if conversations[name].turns else None
-                    new_ids = serving.encode_chat_turn(histories[name], question, last is not None and last.finish_reason == "stop")
-                    live[name] = (next_turn[name], question, len(new_ids), conversations[name].submit(new_ids, params))
+                    new_ids = serving.encode_chat_turn(histories[name], question, last)
+                    output = conversations[name].submit(new_ids, params)
+                    live[name] = (next_turn[name], question, len(new_ids), output)
                     next_turn[name] += 1
             engine.step()
             for name, priority, _ in users:
@@ -103,8 +105,10 @@ def run_preset(loaded, model_name: str, preset: str, args: argparse.Namespace) -
                     turn, question, new_tokens, out = live.pop(name)
                     m = out.metrics
                     records.append(TurnRecord(name, priority, turn, question, out.text.strip(), new_tokens,
-                                              len(out.token_ids), m.ttft, m.tbts, m.num_preemptions, m.swap_stall_time))  # fmt: skip
-                    histories[name] += [{"role": "user", "content": question}, {"role": "assistant", "content": out.text}]
+                                              len(out.token_ids), m.ttft, m.tbts, m.num_preemptions,
+                                              m.swap_stall_time))  # fmt: skip
+                    histories[name] += [{"role": "user", "content": question},
+                                        {"role": "assistant", "content": out.text}]  # fmt: skip
                     bar.update(1)
     for conversation in conversations.values():
         conversation.close()
@@ -121,7 +125,8 @@ def user_rows(records: list[TurnRecord]) -> list[dict]:
         tbts = [t for r in mine for t in r.tbts]
         rows.append({
             "user": name, "priority": priority, "turns": len(mine),
-            "ttft_mean_ms": 1000 * statistics.fmean(r.ttft for r in mine), "ttft_max_ms": 1000 * max(r.ttft for r in mine),
+            "ttft_mean_ms": 1000 * statistics.fmean(r.ttft for r in mine),
+            "ttft_max_ms": 1000 * max(r.ttft for r in mine),
             "tbt_mean_ms": 1000 * statistics.fmean(tbts) if tbts else math.nan,
             "tbt_max_ms": 1000 * max(tbts) if tbts else math.nan,
             "preemptions": sum(r.preemptions for r in mine), "swap_stall_ms": 1000 * sum(r.swap_stall for r in mine),
@@ -177,8 +182,9 @@ def plot(results: dict[str, tuple[list[TurnRecord], dict]], path: Path) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="With no options: SmolLM2-135M-Instruct, 4 users, 3 turns each.")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog="With no options: SmolLM2-135M-Instruct, 4 users, 3 turns each."
+    )
     parser.add_argument("--model", help="Llama checkpoint folder or .gguf file (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--users", type=int, default=4, help=f"users chatting at once, 1-{len(USERS)} (default 4)")
     parser.add_argument("--turns", type=int, default=3, help="turns per user (default 3)")
@@ -188,8 +194,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-model-len", type=int, help="longest context in tokens (default: the model's, "
                         "at most 2048 on CPU)")  # fmt: skip
     parser.add_argument("--priority-update-freq", type=float, default=0.0,
-                        help="per-step probability of re-drawn priorities, as in the paper (default 0: fixed)")  # fmt: skip
-    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT, help=f"plot and JSON (default {DEFAULT_OUTPUT})")
+                        help="per-step probability of re-drawn priorities, as in the paper "
+                        "(default 0: fixed)")  # fmt: skip
+    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT,
+                        help=f"plot and JSON (default {DEFAULT_OUTPUT})")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: for a 135M model on a small or shared CPU, more threads "
                         "mostly wait on each other; raise it on a quiet many-core machine)")  # fmt: skip
@@ -235,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{(base['swap_out_bytes'] + 1) / (fast['swap_out_bytes'] + 1):.2f}x fewer swap-out bytes")  # fmt: skip
 
     records = results["fastswitch"][0]
-    same = sorted((r.user, r.turn, r.answer) for r in records) == sorted((r.user, r.turn, r.answer) for r in results["vllm"][0])
+    answers = {preset: sorted((r.user, r.turn, r.answer) for r in results[preset][0]) for preset in PRESETS}
+    same = answers["fastswitch"] == answers["vllm"]
     print(f"\n== the answers (identical under both presets: {same}) ==")
     for r in sorted(records, key=lambda r: (USERS.index(next(u for u in USERS if u[0] == r.user)), r.turn)):
         print(f"[{r.user}, priority {r.priority}, turn {r.turn + 1}] {r.question}\n    -> {r.answer}")

@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 
 from fastswitch.config import PRESETS
 from fastswitch.models.sampling import SamplingParams
-from fastswitch.server.body_limit import DEFAULT_MAX_BODY_BYTES
+from fastswitch.outputs import RequestOutput
 from fastswitch.sched.policies import policy_names
+from fastswitch.server.body_limit import DEFAULT_MAX_BODY_BYTES
 
 SERVE_EXTRA_MODULES = ("fastapi", "uvicorn")
 DEFAULT_BENCH_OUT = Path("benchmarks/results/cli_bench.json")
@@ -88,7 +89,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     serving = _load(args)
     encode = (lambda text: serving.encode_chat([{"role": "user", "content": text}])) if args.chat else serving.encode
     outputs = [serving.engine.add_request(encode(p), params, prompt=p) for p in args.prompts]
-    with tqdm(total=len(outputs) * params.max_tokens, unit="tok", desc="generating", file=sys.stderr) as bar:
+    with tqdm(total=len(outputs) * args.max_tokens, unit="tok", desc="generating", file=sys.stderr) as bar:
         while serving.engine.has_unfinished():
             serving.engine.step()
             bar.n = sum(len(o.token_ids) for o in outputs)
@@ -113,7 +114,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     interactive = not scripted
     if interactive:
         print(f"Chatting with {serving.model_name}; an empty line or Ctrl-D ends.", file=sys.stderr)
-    last_stopped = False
+    last: RequestOutput | None = None  # the last answer
     while True:
         if interactive:
             try:
@@ -127,7 +128,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             print(f"you> {message}")
         if not message:
             break
-        new_ids = serving.encode_chat_turn(history, message, last_stopped)
+        new_ids = serving.encode_chat_turn(history, message, last)
         output = conversation.submit(new_ids, params, prompt=message)
         stream = TextStream(serving.decode)
         print("assistant> ", end="", flush=True)
@@ -141,7 +142,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         print(f"\n[{len(output.token_ids)} tokens, TTFT {ttft * 1000:.0f} ms, {len(new_ids)} new prompt tokens, "
               f"{len(conversation.token_ids)} in context]", file=sys.stderr)  # fmt: skip
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": output.text}]
-        last_stopped = output.finish_reason == "stop"
+        last = output
     conversation.close()
     serving.close()
     return 0
@@ -167,7 +168,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         replay(serving.engine, workload, lambda t: time.sleep(max(0.0, t - time.monotonic())), progress=True)
         serving.close()
         stats = serving.engine.stats()
-        rows.append({"preset": preset, "turns": workload.num_turns, **stats, "swap_out_mb": stats["swap_out_bytes"] / 2**20,
+        swap_out_mb = stats["swap_out_bytes"] / 2**20
+        rows.append({"preset": preset, "turns": workload.num_turns, **stats, "swap_out_mb": swap_out_mb,
                      "wall_s": time.perf_counter() - started})  # fmt: skip
     print(format_table(rows, BENCH_COLUMNS))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +195,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     serving = _load(args, tensor_parallel_size=args.tensor_parallel_size)
     print(f"serving {serving.model_name} as {args.served_model_name or serving.model_name!r} on "
-          f"http://{args.host}:{args.port}/v1 ({args.preset} preset, {args.policy} policy)", file=sys.stderr)  # fmt: skip
+          f"http://{args.host}:{args.port}/v1 ({args.preset} preset, {args.policy} policy)",
+          file=sys.stderr)  # fmt: skip
     try:
         run_server(serving, args.host, args.port, args.served_model_name, args.log_level, args.max_body_bytes)
     finally:
@@ -202,7 +205,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastswitch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fastswitch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     gen = commands.add_parser("generate", help="answer prompts (batched) and print the answers")
@@ -232,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--priority-update-freq", type=float, default=0.04,
                        help="per-step probability of re-drawn priorities (default 0.04, the paper's)")  # fmt: skip
     bench.add_argument("--workload-seed", type=int, default=0, help="seed of the synthetic workload (default 0)")
-    bench.add_argument("--out", type=Path, default=DEFAULT_BENCH_OUT, help=f"JSON results (default {DEFAULT_BENCH_OUT})")
+    bench.add_argument("--out", type=Path, default=DEFAULT_BENCH_OUT,
+                       help=f"JSON results (default {DEFAULT_BENCH_OUT})")  # fmt: skip
     _engine_options(bench, policy="priority")
     bench.set_defaults(func=cmd_bench)
 

@@ -9,7 +9,7 @@ uses seed + i, as vLLM's parallel sampling does.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 from fastswitch.models.sampling import SamplingParams
 from fastswitch.sched.request import Request
@@ -38,6 +38,7 @@ def equip(request: Request, detokenize: Callable[[list[int]], str] | None) -> No
     if params.prompt_logprobs is not None:
         request.prompt_logprobs = [None]  # the first prompt token has nothing before it
     if params.stop:
+        assert detokenize is not None, "check_params refuses stop strings without a tokenizer"
         request.stop_strings = StopStringMatcher(
             detokenize, params.stop, params.min_tokens, params.include_stop_str_in_output
         )

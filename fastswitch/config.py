@@ -45,7 +45,8 @@ PRESETS: dict[str, dict[str, bool]] = {
 
 @dataclass
 class EngineConfig:
-    # KV cache. None sizes the pool from max_num_seqs * max_model_len (device) and 4x that (host).
+    # KV cache. None: sized by fastswitch/build.py (the device pool from max_num_seqs * max_model_len, the
+    # host pool 4x the device's; on a CPU at most 256 MiB of device KV and 2048 tokens).
     block_size: int = 16
     num_gpu_blocks: int | None = None
     num_cpu_blocks: int | None = None

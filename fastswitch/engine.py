@@ -1,13 +1,25 @@
-"""The serving loop. One `step()`: schedule -> issue swaps -> run the model -> sample -> update -> record.
+"""The serving loop. One `step()`: schedule (which issues and waits for the step's swaps) -> run the
+batch -> fork samples -> update -> record.
+
+The data path of a step: `Scheduler.schedule` picks the batch and makes room for it itself, issuing
+swap-outs, swap-ins and drops through the swap manager (the KVSpace it was built with) and waiting
+for the copies the adaptive rule says to wait for; it returns a `SchedulerOutput`: the batch
+(`ScheduledChunk`s) and a record of what it moved. The engine hands the batch to the executor, feeds
+the sampled tokens back with `Scheduler.update`, and turns requests into outputs. The engine touches
+the swap manager only to wait for a copy in flight when nothing can run until one lands.
 
 Two seams make the engine reusable by the simulator (fastswitch/sim), which keeps the scheduler,
 allocators, swap manager and reuse bookkeeping and replaces only these:
 
-- `Executor`: runs a batch of `ScheduledChunk`s and returns one sampled token per chunk (None for
-  a prefill piece that does not reach the end of its sequence), and owns the clock (`now()`) that
-  every time in the metrics comes from. `ModelExecutor` wraps ModelRunner + Sampler on the wall
-  clock; the simulator's executor advances a virtual clock by a cost model instead.
+- `Executor` (fastswitch/executor.py): runs a batch and owns the clock (`now()`) that every time in
+  the metrics comes from. `ModelExecutor` runs the model on the wall clock; the simulator's executor
+  advances a virtual clock by a cost model instead.
 - `CopyEngine` (fastswitch/cache/copy_engine.py): performs the swap manager's block copies.
+
+`fastswitch/build.py` sizes the pools and assembles an engine over a loaded model.
+
+Requests come in through one front door: `add_request` checks each one (`check_request`) before
+any state changes, so the layers behind it take their input as valid.
 
 The engine is thread-safe for one stepping thread plus any number of threads that add or abort
 requests (a server's handlers): every public method holds one lock.
@@ -21,169 +33,32 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
-from typing import Callable, Hashable, Protocol
-
-import torch
+from collections.abc import Callable, Hashable
 
 from fastswitch.cache.block_manager import BlockManager
-from fastswitch.cache.copy_engine import CopyEngine, TorchCopyEngine
+from fastswitch.cache.copy_engine import CopyEngine
 from fastswitch.cache.kv_cache import KVCache
 from fastswitch.cache.swap_manager import SwapManager
 from fastswitch.completions import check_params, equip, final_text, sample_params
 from fastswitch.config import EngineConfig
-from fastswitch.models.logprobs import token_logprobs
-from fastswitch.models.runner import ModelRunner
-from fastswitch.models.sampling import Sampler, SamplingParams, TokenHistory
+from fastswitch.executor import Executor, ForkingExecutor, RequestsFailed
+from fastswitch.models.sampling import SamplingParams
 from fastswitch.outputs import RequestOutput
 from fastswitch.sched.conversation import Conversation
 from fastswitch.sched.metrics import RunMetrics
-from fastswitch.sched.request import Request, ScheduledChunk, SchedulerOutput
 from fastswitch.sched.priority_trace import PriorityTrace
+from fastswitch.sched.request import Request, ScheduledChunk, SchedulerOutput
 from fastswitch.sched.scheduler import Scheduler
 from fastswitch.sched.vllm_scheduler import VllmScheduler
 
-HOST_BLOCKS_PER_DEVICE_BLOCK = 4  # EngineConfig: num_cpu_blocks=None gives the host 4x the device pool
-GPU_PACK_MIN_RUNS = 3  # a pack kernel launch (~5 us) beats three or more copy calls of 2-7 us each
 
+class ContextTooLong(ValueError):
+    """Raised by Engine.check_request for a prompt (plus, when asked, its max_tokens) longer than the
+    engine serves; carries the numbers for a front end's own wording (the server's is vLLM's)."""
 
-class RequestsFailed(Exception):
-    """Raised by an executor when some requests of a batch could not be sampled: `sampled` holds the
-    other chunks' tokens (None for the failed ones), `errors` each failed request's message."""
-
-    def __init__(self, sampled: list[int | None], errors: dict[str, str]) -> None:
-        super().__init__(f"{len(errors)} requests failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
-        self.sampled, self.errors = sampled, errors
-
-
-class Executor(Protocol):
-    """What the engine needs to run batches. An executor that also has `fork` (ModelExecutor's:
-    copy KV blocks, sample further samples' first tokens) serves SamplingParams(n > 1); the engine
-    refuses n > 1 on one without it. ModelExecutor also fills the requests' logprob lists."""
-
-    def execute(self, chunks: list[ScheduledChunk]) -> list[int | None]:
-        """Runs one batch; returns the sampled next token of every chunk with `sample` set, else None.
-        May raise RequestsFailed when only some requests failed."""
-
-    def now(self) -> float:
-        """The clock of the run (seconds)."""
-
-    def release(self, request_id: str) -> None:
-        """Forgets per-request state (sampling generators) of a finished request."""
-
-
-class ModelExecutor:
-    """The real executor: ModelRunner forward over the paged cache, then Sampler, on the wall clock."""
-
-    def __init__(self, runner: ModelRunner, sampler: Sampler, seed: int = 0) -> None:
-        self.runner = runner
-        self.sampler = sampler
-        self._default_generator = torch.Generator().manual_seed(seed)  # requests without their own seed
-        self._generators: dict[str, torch.Generator] = {}
-
-    def now(self) -> float:
-        return time.monotonic()
-
-    def execute(self, chunks: list[ScheduledChunk]) -> list[int | None]:
-        logits = self._forward(chunks)
-        sampled: list[int | None] = [None] * len(chunks)
-        errors: dict[str, str] = {}
-        rows, generators = [], []
-        for i, chunk in enumerate(chunks):
-            if chunk.sample:
-                try:
-                    generators.append(self._generator(chunk.request))
-                except Exception as exc:  # e.g. a seed torch cannot take: this request alone fails
-                    errors[chunk.request.request_id] = _describe(exc)
-                    continue
-                rows.append(i)
-        if rows:
-            params = [chunks[i].request.params for i in rows]
-            histories = [_history(chunks[i].request) for i in rows]
-            saved = {id(g): (g, g.get_state()) for g in generators}
-            try:
-                tokens = self.sampler.sample(logits[rows], params, generators, histories)
-            except Exception:
-                # Find the rows that fail, one at a time, from the generators' states before the batch:
-                # the rows that succeed draw exactly what the batch would have drawn for them.
-                for generator, state in saved.values():
-                    generator.set_state(state)
-                tokens = []
-                for i, p, generator, history in zip(rows, params, generators, histories):
-                    try:
-                        tokens += self.sampler.sample(logits[i : i + 1], [p], [generator], [history])
-                    except Exception as exc:
-                        errors[chunks[i].request.request_id] = _describe(exc)
-                        tokens.append(None)
-            for row, token in zip(rows, tokens):
-                sampled[row] = token
-            _record_logprobs([chunks[i].request for i in rows], logits[rows], tokens)
-        if errors:
-            raise RequestsFailed(sampled, errors)
-        return sampled
-
-    def release(self, request_id: str) -> None:
-        self._generators.pop(request_id, None)
-
-    def fork(self, chunk_index: int, forks: list[Request], src_blocks: list[int], dst_blocks: list[int]) -> list[int]:
-        """SamplingParams.n > 1: copies KV blocks src -> dst (the prompt's, for the forks that got
-        device blocks) and samples each fork's first token from the logits the last `execute` gave
-        chunk chunk_index (the parent's prefill), with the fork's own params and generator."""
-        self.runner.kv_cache.copy_blocks(src_blocks, dst_blocks)
-        logits = self._last_logits[chunk_index].expand(len(forks), -1)
-        tokens = self.sampler.sample(
-            logits, [r.params for r in forks], [self._generator(r) for r in forks], [_history(r) for r in forks]
-        )
-        _record_logprobs(forks, logits, tokens)
-        return tokens
-
-    def _forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
-        """The last-token logits of every chunk; records prompt logprobs for the chunks that want them."""
-        wanted = [i for i, c in enumerate(chunks) if _prompt_rows(c)]
-        logits, every_token = self.runner.forward_every_token(chunks, wanted)
-        for i in wanted:
-            request, rows = chunks[i].request, _prompt_rows(chunks[i])
-            positions = [chunks[i].num_cached + row + 1 for row in rows]  # row j predicts the next token
-            request.prompt_logprobs += token_logprobs(
-                every_token[i][rows], [request.prompt_token_ids[p] for p in positions],
-                [request.params.prompt_logprobs] * len(rows),
-            )  # fmt: skip
-        self._last_logits = logits
-        return logits
-
-    def _generator(self, request: Request) -> torch.Generator:
-        if request.params.seed is None:
-            return self._default_generator
-        if request.request_id not in self._generators:
-            self._generators[request.request_id] = torch.Generator().manual_seed(request.params.seed)
-        return self._generators[request.request_id]
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _history(request: Request) -> TokenHistory:
-    return TokenHistory(request.prompt_token_ids, request.output_token_ids, request.eos_token_ids)
-
-
-def _prompt_rows(chunk: ScheduledChunk) -> list[int]:
-    """Rows of chunk whose logits give a prompt logprob still missing (prompt_logprobs holds
-    positions 0 .. len - 1; a recompute runs the prompt again and finds them all there)."""
-    request = chunk.request
-    if request.prompt_logprobs is None:
-        return []
-    first = len(request.prompt_logprobs) - chunk.num_cached - 1
-    last = min(len(chunk.token_ids), request.num_prompt_tokens - chunk.num_cached - 1)
-    return list(range(max(first, 0), last))
-
-
-def _record_logprobs(requests: list[Request], logits: torch.Tensor, tokens: list[int | None]) -> None:
-    """Appends each sampled token's logprobs (SamplingParams.logprobs) to its request."""
-    rows = [i for i, (r, t) in enumerate(zip(requests, tokens)) if r.logprobs is not None and t is not None]
-    entries = token_logprobs(logits[rows], [tokens[i] for i in rows], [requests[i].params.logprobs for i in rows])
-    for i, entry in zip(rows, entries):
-        requests[i].logprobs.append(entry)
+    def __init__(self, message: str, num_prompt_tokens: int, num_output_tokens: int, limit: int) -> None:
+        super().__init__(message)
+        self.num_prompt_tokens, self.num_output_tokens, self.limit = num_prompt_tokens, num_output_tokens, limit
 
 
 class Engine:
@@ -208,6 +83,7 @@ class Engine:
         (sync_swap_fraction, adaptive_sync_blocks)."""
         self.config = config
         self.executor = executor
+        self.max_model_len = max_model_len
         self.eos_token_ids = tuple(eos_token_ids)
         self.vocab_size = vocab_size
         self.detokenize = detokenize
@@ -233,37 +109,9 @@ class Engine:
         self._ids = itertools.count()
         self._conversation_ids = itertools.count()
         self._lock = threading.RLock()
-
-    @classmethod
-    def for_model(
-        cls, model, config: EngineConfig, max_model_len: int, num_gpu_blocks: int, workers=None, **kwargs
-    ) -> "Engine":
-        """The real engine over a LlamaForServing: device and host KV pools, runner, sampler, copies.
-
-        workers: a fastswitch.parallel.WorkerGroup when model is rank 0's shard of a tensor-parallel
-        model; the other ranks then build the same pools, and every step and copy reaches them."""
-        device_cache = KVCache(
-            num_gpu_blocks, model.num_layers, config.block_size, model.num_kv_heads, model.head_dim,
-            model.dtype, model.device,
-        )
-        num_cpu_blocks = config.num_cpu_blocks or HOST_BLOCKS_PER_DEVICE_BLOCK * num_gpu_blocks
-        host_cache = KVCache.host_pool_for(device_cache, num_cpu_blocks)
-        runner = ModelRunner(model, device_cache, backend=config.attention_backend)
-        executor = ModelExecutor(runner, Sampler(), config.seed)
-        copies = TorchCopyEngine(device_cache, host_cache, asynchronous=config.async_swap)
-        if workers is not None:
-            workers.build(num_gpu_blocks, num_cpu_blocks, config.block_size, config.async_swap, config.attention_backend)
-            executor, copies = workers.executor(executor), workers.copy_engine(copies)
-        if device_cache.data.is_cuda and config.block_groups:
-            # A few link calls cost more than one gather at HBM speed (2-7 us per call, docs/references.md).
-            kwargs.setdefault("pack_min_runs", GPU_PACK_MIN_RUNS)
-        engine = cls(
-            config, executor, copies, num_gpu_blocks=num_gpu_blocks, num_cpu_blocks=num_cpu_blocks,
-            num_layers=model.num_layers, block_bytes=device_cache.block_bytes, max_model_len=max_model_len,
-            vocab_size=model.vocab_size, **kwargs,
-        )
-        engine.device_cache, engine.host_cache = device_cache, host_cache
-        return engine
+        # The real KV caches, when fastswitch/build.py built this engine over a model (None otherwise).
+        self.device_cache: KVCache | None = None
+        self.host_cache: KVCache | None = None
 
     # ---- requests -------------------------------------------------------------------------------
 
@@ -279,6 +127,7 @@ class Engine:
         seq_id: Hashable = None,
         keep_kv: bool = False,
         arrival_time: float | None = None,
+        reserve_output: bool = False,
     ) -> RequestOutput:
         """Queues a request; returns its RequestOutput, which fills in as the engine steps.
 
@@ -286,25 +135,16 @@ class Engine:
         KV appends to that context instead of computing it again. arrival_time: when the request
         arrived, on the executor's clock (default: now); an earlier time, as a workload replay or a
         server's queue knows it, counts the wait before the engine saw the request in its TTFT and
-        places it in arrival order.
+        places it in arrival order. reserve_output: refuse a prompt that leaves no room for max_tokens
+        (check_request).
         """
         arrival_time = self.check_arrival_time(arrival_time)
         params = SamplingParams() if params is None else params
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"params={params!r} is not a SamplingParams")
-        if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
-            raise ValueError(f"priority={priority!r} must be an integer >= 0")
-        if not isinstance(prompt_token_ids, (list, tuple)):
-            raise ValueError(f"prompt_token_ids must be a list of token ids, got {type(prompt_token_ids).__name__}")
-        token_ids = list(prompt_token_ids)
-        if self.vocab_size is not None:
-            bad = [t for t in token_ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab_size]
-            if bad:
-                raise ValueError(f"prompt token ids {bad[:5]} lie outside the vocabulary 0..{self.vocab_size - 1}")
-            params.check_vocab(self.vocab_size)
-        check_params(params, self.detokenize, conversation=seq_id is not None or keep_kv, can_fork=hasattr(self.executor, "fork"))
+        conversation = seq_id is not None or keep_kv
+        token_ids = self.check_request(prompt_token_ids, params, priority, conversation=conversation,
+                                       reserve_output=reserve_output)  # fmt: skip
         with self._lock:
-            request_id = str(next(self._ids)) if request_id is None else str(request_id)
+            request_id = self.new_request_id() if request_id is None else str(request_id)
             request = Request(
                 request_id, token_ids, params, arrival_time, seq_id=seq_id, priority=priority,
                 client_id=client_id, eos_token_ids=self.eos_token_ids, prompt=prompt, keep_kv=keep_kv,
@@ -319,13 +159,78 @@ class Engine:
             self._swap_wait_at_add[request_id] = self.swap_manager.stats.swap_wait_time
             return output
 
+    def check_request(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        priority: int = 0,
+        *,
+        conversation: bool = False,
+        reserve_output: bool = False,
+    ) -> list[int]:
+        """The front door's check of one request, before any state changes: ValueError naming the bad
+        value and its limit; returns the prompt's token ids as a list. add_request runs it; a front
+        end that adds a batch all-or-nothing runs it on every request first.
+
+        Checks the priority (an integer >= 0), the params (a SamplingParams this engine can honour:
+        vocabulary, stop strings, n, prompt logprobs), the prompt (a non-empty list of token ids in
+        the vocabulary) and its length: at most `max_seq_len` tokens (max_model_len, cut to what the
+        device KV cache holds). reserve_output: the prompt plus max_tokens (1 with max_tokens=None)
+        must fit too, so a request that could never complete is refused up front rather than cut
+        short ("length") later, as `LLM` and vLLM's server do. conversation: the request continues a
+        kept KV context (a conversation turn)."""
+        if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
+            raise ValueError(f"priority={priority!r} must be an integer >= 0")
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params={params!r} is not a SamplingParams")
+        if not isinstance(prompt_token_ids, (list, tuple)):
+            raise ValueError(f"prompt_token_ids must be a list of token ids, got {type(prompt_token_ids).__name__}")
+        token_ids = list(prompt_token_ids)
+        if not token_ids:
+            raise ValueError("prompt is empty: at least 1 token is needed")
+        vocab = self.vocab_size
+        bad = [t for t in token_ids if isinstance(t, bool) or not isinstance(t, int) or t < 0
+               or (vocab is not None and t >= vocab)]  # fmt: skip
+        if bad:
+            allowed = f"the vocabulary 0..{vocab - 1}" if vocab is not None else "the token ids (integers >= 0)"
+            raise ValueError(f"prompt token ids {bad[:5]} lie outside {allowed}")
+        if vocab is not None:
+            params.check_vocab(vocab)
+        check_params(params, self.detokenize, conversation=conversation,
+                     can_fork=isinstance(self.executor, ForkingExecutor))  # fmt: skip
+        limit = self.max_seq_len
+        room = (1 if params.max_tokens is None else params.max_tokens) if reserve_output else 0
+        if len(token_ids) + room > limit:
+            asked = f"prompt of {len(token_ids)} tokens"
+            if reserve_output:
+                asked += f" + max_tokens={params.max_tokens} = {len(token_ids) + room}"
+            named = f"max_model_len={limit}"
+            if limit != self.max_model_len:
+                named = f"max_seq_len={limit} (max_model_len={self.max_model_len} cut to what the device cache holds)"
+            raise ContextTooLong(f"{asked} exceeds {named}", len(token_ids), room, limit)
+        return token_ids
+
+    @property
+    def max_seq_len(self) -> int:
+        """The longest sequence this engine serves: max_model_len, cut to what the device KV cache holds
+        (the scheduler's limit; in vLLM 0.3.3 mode less its free-block watermark)."""
+        return self.scheduler.max_seq_len
+
+    def new_request_id(self) -> str:
+        """The next id of the engine's one request-id counter (add_request draws from it when no id is
+        given; a front end that numbers a batch before adding it draws here)."""
+        with self._lock:
+            return str(next(self._ids))
+
     def check_arrival_time(self, arrival_time: float | None) -> float:
         """The arrival time add_request would stamp: now for None; ValueError for one not yet reached."""
         now = self.executor.now()
         if arrival_time is None:
             return now
         if isinstance(arrival_time, bool) or not isinstance(arrival_time, (int, float)) or not arrival_time <= now:
-            raise ValueError(f"arrival_time={arrival_time!r} must be a time on the executor's clock at most now={now!r}")
+            raise ValueError(
+                f"arrival_time={arrival_time!r} must be a time on the executor's clock at most now={now!r}"
+            )
         return float(arrival_time)
 
     def abort(self, request_id: str) -> RequestOutput | None:
@@ -395,7 +300,8 @@ class Engine:
                 prompt_end = min(chunk.num_cached + len(chunk.token_ids), chunk.request.num_prompt_tokens)
                 self.num_prompt_tokens += max(0, prompt_end - chunk.num_cached)
             self.num_generated_tokens += sum(token is not None for token in sampled) + len(forks)
-            advanced = [self._outputs[c.request.request_id] for c in out.chunks if c.sample and c.request.request_id not in errors]
+            sampled_ids = [c.request.request_id for c in out.chunks if c.sample]
+            advanced = [self._outputs[request_id] for request_id in sampled_ids if request_id not in errors]
             advanced += [self._outputs[child.request_id] for child, _, _ in forks]
             for request in finished:
                 self._retire(request)
@@ -449,7 +355,7 @@ class Engine:
             for i in range(1, parent.num_forks + 1):
                 sample_id = f"{parent.request_id}:{i}"
                 if sample_id in self._outputs:
-                    sample_id = f"{sample_id}:{next(self._ids)}"
+                    sample_id = f"{sample_id}:{self.new_request_id()}"
                 blocks = self.swap_manager.fork(parent.seq_id, sample_id, held)
                 if blocks is not None:
                     src_blocks += blocks[0]
@@ -466,6 +372,7 @@ class Engine:
                 self._fork_parent[sample_id] = parent.request_id
                 samples.append(sample)
             parent.num_forks = 0
+            assert isinstance(self.executor, ForkingExecutor)  # check_request refuses n > 1 otherwise
             tokens = self.executor.fork(index, samples, src_blocks, dst_blocks)
             forks += [(sample, first, held) for sample, first in zip(samples, tokens)]
         return forks
@@ -473,6 +380,7 @@ class Engine:
     def _fail(self, request_id: str, message: str) -> Request:
         """Ends one request whose step failed (its blocks freed); the step goes on for the others."""
         request = self.scheduler.abort(request_id, self.executor.now())
+        assert request is not None, f"request {request_id} failed in this step, so it was live"
         request.finish_reason = "error"
         self._outputs[request_id].error = message
         return request

@@ -3,9 +3,10 @@ multi-turn `conversation`; or drive the engine step by step (`add_request`, `ste
 
 Behind it is the preemptive engine (fastswitch/engine.py): iteration-level batching under a token
 budget, the scheduling policy of the config (`fcfs`, `priority`, `vtc`, `mlfq`, or a plug-in:
-`LLM(model, policy=MyPolicy())`, see sched/policies.py), preemption by swap or recompute, and the three FastSwitch mechanisms as the preset and overrides set them. `stats()` gives
-the engine's counters (swaps, bytes, copy calls, time the executor waited on swaps) and the run's
-tail latencies.
+`LLM(model, policy=MyPolicy())`, see sched/policies.py), preemption by swap or recompute, and the
+three FastSwitch mechanisms as the preset and overrides set them. `stats()` gives the engine's
+counters (swaps, bytes, copy calls, time the executor waited on swaps) and the run's tail latencies.
+Requests are checked at the engine's front door (Engine.check_request) before anything runs.
 
 Prompts may be strings (tokenized as they are, with the tokenizer's special tokens such as BOS) or
 token-id lists (taken as they are). The chat template is applied only by `chat` and conversations.
@@ -25,18 +26,14 @@ output per prompt, completion 0, whose `samples` lists all n (see RequestOutput)
 
 from __future__ import annotations
 
-from typing import Hashable
+from collections.abc import Hashable
+from typing import Any
 
-from fastswitch.chat_template import chat_turn_tokens
+from fastswitch.build import build_engine, load_for_engine
+from fastswitch.chat_template import answer_stop_text, chat_turn_tokens, check_chat_template, render_chat
 from fastswitch.config import EngineConfig
-from fastswitch.engine import Engine
-from fastswitch.models.llama import max_supported_len
-from fastswitch.models.loader import load_model, resolve_device
-from fastswitch.models.runner import default_num_blocks, kv_cache_spec
 from fastswitch.models.sampling import SamplingParams
 from fastswitch.outputs import RequestOutput
-from fastswitch.parallel.partition import WHOLE_MODEL
-from fastswitch.parallel.workers import WorkerGroup
 from fastswitch.sched.conversation import Conversation
 
 
@@ -46,35 +43,23 @@ class LLM:
     ) -> None:
         """model: a Hugging Face checkpoint folder, a .gguf file, or a transformers model in memory.
 
-        overrides: EngineConfig fields (block_size, num_gpu_blocks, max_model_len, max_num_seqs, ...).
+        overrides: EngineConfig fields (block_size, num_gpu_blocks, max_model_len, max_num_seqs, ...);
+        the pools and max_model_len left None are sized as fastswitch/build.py says (on a CPU: at most
+        2048 tokens and 256 MiB of device KV). `max_model_len` is then the longest sequence served.
         tokenizer: replaces the checkpoint's tokenizer (needed for strings with an in-memory model).
         tensor_parallel_size: split the model over this many devices, one process each (cuda:0..N-1,
         or N processes on the CPU); `close()` stops them. See fastswitch/parallel.
         """
         self.config = EngineConfig.from_preset(preset, **overrides)
-        device = resolve_device(self.config.device)
-        self.workers = WorkerGroup.start(model, tensor_parallel_size, self.config.dtype, device)
-        partition = WHOLE_MODEL if self.workers is None else self.workers.partition
-        loaded = load_model(model, dtype=self.config.dtype, device=device, tokenizer=tokenizer, partition=partition)
-        self.model, self.tokenizer, self.hf_config = loaded.model, loaded.tokenizer, loaded.hf_config
+        loaded, self.workers = load_for_engine(model, self.config, tensor_parallel_size, tokenizer=tokenizer)
+        self.model, self.hf_config = loaded.model, loaded.hf_config
+        self.tokenizer: Any = loaded.tokenizer  # a transformers tokenizer, or None
         self.eos_token_ids = loaded.eos_token_ids
-        limit = max_supported_len(self.hf_config)
-        self.max_model_len = self.config.max_model_len or limit
-        if self.max_model_len > limit:
-            raise ValueError(f"max_model_len={self.max_model_len} exceeds the model's limit of {limit} tokens")
-        num_blocks = self.config.num_gpu_blocks or default_num_blocks(
-            kv_cache_spec(self.model), self.config.block_size, self.config.max_num_seqs, self.max_model_len, device
+        self.engine = build_engine(
+            self.model, self.config, tokenizer=self.tokenizer, eos_token_ids=self.eos_token_ids, workers=self.workers
         )
-        detokenize = None
-        if self.tokenizer is not None:
-            detokenize = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
-        self.engine = Engine.for_model(
-            self.model, self.config, self.max_model_len, num_blocks,
-            eos_token_ids=self.eos_token_ids, detokenize=detokenize, workers=self.workers,
-        )  # fmt: skip
+        self.max_model_len = self.engine.max_seq_len
         self.kv_cache = self.engine.device_cache
-        self._next_request_id = 0
-        self._next_conversation_id = 0
 
     # ---- run to completion ----------------------------------------------------------------------
 
@@ -93,14 +78,18 @@ class LLM:
         params = self._per_prompt("sampling_params", sampling_params or SamplingParams(), len(prompts))
         priorities = self._per_prompt("priorities", 0 if priorities is None else priorities, len(prompts))
         clients = self._per_prompt("client_ids", "default" if client_ids is None else client_ids, len(prompts))
-        checked = [self._check_request(p, sp, pr) for p, sp, pr in zip(prompts, params, priorities)]
-        ids = [self._new_request_id() for _ in prompts]
-        outputs: list[RequestOutput | None] = [None] * len(prompts)
+        tokenized = [self._tokenize(prompt) for prompt in prompts]
+        # Every request is checked before any is added: a bad one leaves nothing behind.
+        checked = [(text, self.engine.check_request(ids, sp, pr, reserve_output=True))
+                   for (text, ids), sp, pr in zip(tokenized, params, priorities)]  # fmt: skip
+        ids = [self.engine.new_request_id() for _ in prompts]
+        added: dict[int, RequestOutput] = {}
         for i in sorted(range(len(prompts)), key=lambda i: priorities[i]):  # stable: prompt order within a level
             text, token_ids = checked[i]
-            outputs[i] = self.engine.add_request(
+            added[i] = self.engine.add_request(
                 token_ids, params[i], request_id=ids[i], priority=priorities[i], client_id=clients[i], prompt=text
             )
+        outputs = [added[i] for i in range(len(prompts))]
         self._run_until(outputs)
         _raise_for_failed(outputs)
         return outputs
@@ -113,17 +102,14 @@ class LLM:
     ) -> list[RequestOutput]:
         """Answer one conversation (a list of {"role", "content"} messages) or a list of them, statelessly.
         For a conversation that continues turn after turn on its own KV, use `conversation()`."""
-        self._check_chat_template()
-        if isinstance(conversations, (list, tuple)) and conversations and isinstance(conversations[0], dict):
-            conversations = [conversations]
         if not isinstance(conversations, (list, tuple)):
             kind = type(conversations).__name__
             raise ValueError(f"conversations must be a list of messages or a list of such lists, got {kind}")
-        for conversation in conversations:
-            check_messages(conversation)
-        rendered = [
-            self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations
-        ]
+        one = bool(conversations) and isinstance(conversations[0], dict)
+        chats: list = [conversations] if one else list(conversations)
+        for messages in chats:
+            check_messages(messages)
+        rendered = [render_chat(self.tokenizer, messages) for messages in chats]
         # The template already holds the special tokens (BOS, role markers): add none.
         token_ids = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
         outputs = self.generate(token_ids, sampling_params, priorities)
@@ -131,13 +117,10 @@ class LLM:
             output.prompt = text
         return outputs
 
-    def conversation(self, system: str | None = None, priority: int = 0, client_id: Hashable = None) -> "ChatSession":
+    def conversation(self, system: str | None = None, priority: int = 0, client_id: Hashable = None) -> ChatSession:
         """A multi-turn chat whose turns append to one KV context: `session.send("...")` answers a turn."""
-        self._check_chat_template()
-        conversation_id = f"chat-{self._next_conversation_id}"
-        self._next_conversation_id += 1
-        handle = Conversation(self.engine, conversation_id, client_id, priority)
-        return ChatSession(self, handle, system)
+        check_chat_template(self.tokenizer)
+        return ChatSession(self, self.engine.conversation(client_id, priority), system)
 
     # ---- step by step -----------------------------------------------------------------------------
 
@@ -152,12 +135,10 @@ class LLM:
         """Queue one request without running it; `step()` advances it, and its output fills in.
 
         arrival_time: when it arrived, on the engine's clock (`time.monotonic()`; default: now)."""
-        params = sampling_params or SamplingParams()
-        text, token_ids = self._check_request(prompt, params, priority)
-        arrival_time = self.engine.check_arrival_time(arrival_time)
+        text, token_ids = self._tokenize(prompt)
         return self.engine.add_request(
-            token_ids, params, request_id=self._new_request_id(), priority=priority, client_id=client_id, prompt=text,
-            arrival_time=arrival_time,
+            token_ids, sampling_params or SamplingParams(), priority=priority, client_id=client_id, prompt=text,
+            arrival_time=arrival_time, reserve_output=True,
         )  # fmt: skip
 
     def step(self) -> list[RequestOutput]:
@@ -179,11 +160,11 @@ class LLM:
         self.engine.close()
 
     def _submit_turn(self, conversation: Conversation, new_token_ids: list[int], params, text: str) -> RequestOutput:
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"sampling_params {params!r} is not a SamplingParams")
-        params.check_vocab(self.model.vocab_size)
-        self._check_length(len(conversation.token_ids) + len(new_token_ids) + _room_asked(params), params)
-        return conversation.submit(new_token_ids, params, prompt=text, request_id=self._new_request_id())
+        """A conversation turn, refused up front (as `generate`'s requests are) when its whole context
+        plus max_tokens cannot fit."""
+        context = conversation.token_ids + list(new_token_ids)
+        self.engine.check_request(context, params, conversation.priority, conversation=True, reserve_output=True)
+        return conversation.submit(new_token_ids, params, prompt=text)
 
     # ---- helpers -----------------------------------------------------------------------------------
 
@@ -198,15 +179,6 @@ class LLM:
                 self.engine.abort(output.request_id)
             raise
 
-    def _new_request_id(self) -> str:
-        request_id = str(self._next_request_id)
-        self._next_request_id += 1
-        return request_id
-
-    def _check_chat_template(self) -> None:
-        if self.tokenizer is None or getattr(self.tokenizer, "chat_template", None) is None:
-            raise ValueError("chat needs a tokenizer with a chat template; this model has none")
-
     @staticmethod
     def _per_prompt(name: str, value, count: int) -> list:
         if not isinstance(value, (list, tuple)):
@@ -215,47 +187,16 @@ class LLM:
             raise ValueError(f"{name} has {len(value)} entries but there are {count} prompts")
         return list(value)
 
-    def _check_request(self, prompt, params: SamplingParams, priority: int) -> tuple[str | None, list[int]]:
-        """Validate one request and tokenize its prompt; returns (text or None, token ids)."""
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"sampling_params entry {params!r} is not a SamplingParams")
-        if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
-            raise ValueError(f"priority={priority!r} must be an integer >= 0")
+    def _tokenize(self, prompt) -> tuple[str | None, list[int]]:
+        """(text or None, token ids) of one prompt: a string tokenized, token ids as they are (the engine
+        checks them, Engine.check_request, with room for max_tokens as every request here)."""
         if not isinstance(prompt, (str, list, tuple)):
             raise ValueError(f"a prompt must be a string or a list of token ids, got {type(prompt).__name__}")
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise ValueError("a string prompt needs a tokenizer; pass token ids or LLM(..., tokenizer=...)")
-            text, token_ids = prompt, list(self.tokenizer(prompt)["input_ids"])
-        else:
-            text, token_ids = None, list(prompt)
-        vocab = self.model.vocab_size
-        if not token_ids:
-            raise ValueError("a prompt is empty; it needs at least one token")
-        if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab for t in token_ids):
-            raise ValueError(f"a prompt holds token ids outside the vocabulary 0..{vocab - 1}")
-        params.check_vocab(vocab)
-        self._check_length(len(token_ids) + _room_asked(params), params, prompt_len=len(token_ids))
-        return text, token_ids
-
-    def _check_length(self, total: int, params: SamplingParams, prompt_len: int | None = None) -> None:
-        # A request that could never complete is refused up front rather than cut short later.
-        if total > self.max_model_len:
-            prompt = f"prompt of {prompt_len if prompt_len is not None else total - _room_asked(params)} tokens"
-            raise ValueError(
-                f"{prompt} + max_tokens={params.max_tokens} = {total} exceeds max_model_len={self.max_model_len}"
-            )
-        blocks = -(-total // self.config.block_size)
-        if blocks > self.kv_cache.num_blocks:
-            raise ValueError(
-                f"a request of {total} tokens needs {blocks} KV blocks but the cache holds {self.kv_cache.num_blocks}"
-            )
-
-
-def _room_asked(params: SamplingParams) -> int:
-    """Tokens a request needs room for after its prompt: max_tokens, or 1 with max_tokens=None (it
-    then runs until the context is full)."""
-    return 1 if params.max_tokens is None else params.max_tokens
+        if not isinstance(prompt, str):
+            return None, list(prompt)
+        if self.tokenizer is None:
+            raise ValueError("a string prompt needs a tokenizer; pass token ids or LLM(..., tokenizer=...)")
+        return prompt, list(self.tokenizer(prompt)["input_ids"])
 
 
 def _prompt_list(prompts) -> list:
@@ -287,7 +228,9 @@ def check_messages(messages) -> None:
     for i, message in enumerate(messages):
         if not (isinstance(message, dict) and isinstance(message.get("role"), str)
                 and isinstance(message.get("content"), str)):  # fmt: skip
-            raise ValueError(f"message {i} must be a dict with a string 'role' and a string 'content', got {message!r:.80}")
+            raise ValueError(
+                f"message {i} must be a dict with a string 'role' and a string 'content', got {message!r:.80}"
+            )
 
 
 class ChatSession:
@@ -310,10 +253,9 @@ class ChatSession:
         if self.conversation.busy:
             raise ValueError("the previous turn is still running; step the LLM until it finishes")
         params = sampling_params or SamplingParams()
-        history = self.messages
-        if self.turns:
-            history = history + [{"role": "assistant", "content": self.turns[-1].text or ""}]
-        new_ids = chat_turn_tokens(self.llm.tokenizer, history, text, self._stop_text())
+        last = self.turns[-1] if self.turns else None
+        history = self.messages if last is None else self.messages + [{"role": "assistant", "content": last.text or ""}]
+        new_ids = chat_turn_tokens(self.llm.tokenizer, history, text, answer_stop_text(self.llm.tokenizer, last))
         output = self.llm._submit_turn(self.conversation, new_ids, params, text)
         self.messages = history + [{"role": "user", "content": text}]  # only once the turn is accepted
         return output
@@ -327,11 +269,3 @@ class ChatSession:
 
     def close(self) -> None:
         self.conversation.close()
-
-    def _stop_text(self) -> str | None:
-        """The stop token that closed the last answer, already part of the context (or None; a stop
-        string ends an answer on an ordinary token)."""
-        last = self.turns[-1] if self.turns else None
-        if last is None or last.finish_reason != "stop" or not last.token_ids or isinstance(last.stop_reason, str):
-            return None
-        return self.llm.tokenizer.decode(last.token_ids[-1:])

@@ -4,7 +4,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from fastswitch.chat_template import chat_turn_tokens
-from fastswitch.server.model_sources import tiny_random_llama
+from fastswitch.model_sources import tiny_random_llama
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from fastswitch.build import build_engine
 from fastswitch.config import EngineConfig
-from fastswitch.engine import Engine
 from fastswitch.models.loader import load_model
 from fastswitch.models.sampling import SamplingParams
 
@@ -48,8 +48,9 @@ def prompts():
 
 
 def run(model, prompts, preset="fastswitch", **overrides):
-    config = EngineConfig.from_preset(preset, block_size=8, attention_backend="torch", **overrides)
-    engine = Engine.for_model(model, config, max_model_len=256, num_gpu_blocks=config.num_gpu_blocks or 64)
+    overrides = {"num_gpu_blocks": 64, **overrides}
+    config = EngineConfig.from_preset(preset, block_size=8, attention_backend="torch", max_model_len=256, **overrides)
+    engine = build_engine(model, config)
     outputs = [engine.add_request(p, PARAMS, priority=i % 4) for i, p in enumerate(prompts)]
     engine.run_until_done()
     engine.close()
@@ -114,8 +115,9 @@ def test_run_stats_report_tail_latencies_and_throughput(model, prompts):
 
 
 def test_abort_frees_blocks_and_reports_reason(model, prompts):
-    config = EngineConfig.from_preset("fastswitch", block_size=8, attention_backend="torch", num_gpu_blocks=16)
-    engine = Engine.for_model(model, config, max_model_len=256, num_gpu_blocks=16)
+    config = EngineConfig.from_preset("fastswitch", block_size=8, attention_backend="torch", num_gpu_blocks=16,
+                                      max_model_len=256)  # fmt: skip
+    engine = build_engine(model, config)
     outputs = [engine.add_request(p, PARAMS) for p in prompts[:3]]
     engine.step()
     aborted = engine.abort(outputs[1].request_id)
@@ -127,9 +129,10 @@ def test_abort_frees_blocks_and_reports_reason(model, prompts):
 
 
 def test_bad_input_is_rejected_with_its_reason(model):
-    config = EngineConfig.from_preset("vllm", block_size=8, attention_backend="torch")
-    engine = Engine.for_model(model, config, max_model_len=256, num_gpu_blocks=4)
-    with pytest.raises(ValueError, match="empty prompt"):
+    config = EngineConfig.from_preset("vllm", block_size=8, attention_backend="torch", num_gpu_blocks=4,
+                                      max_model_len=256)  # fmt: skip
+    engine = build_engine(model, config)
+    with pytest.raises(ValueError, match="prompt is empty"):
         engine.add_request([], PARAMS)
     with pytest.raises(ValueError, match="33 tokens exceeds max_seq_len=32"):
         engine.add_request([1] * 33, PARAMS)
@@ -143,8 +146,9 @@ def test_bad_input_is_rejected_with_its_reason(model):
 
 
 def test_request_that_outgrows_the_cache_stops_at_its_limit(model):
-    config = EngineConfig.from_preset("fastswitch", block_size=8, attention_backend="torch")
-    engine = Engine.for_model(model, config, max_model_len=256, num_gpu_blocks=2)
+    config = EngineConfig.from_preset("fastswitch", block_size=8, attention_backend="torch", num_gpu_blocks=2,
+                                      max_model_len=256)  # fmt: skip
+    engine = build_engine(model, config)
     output = engine.add_request([1] * 10, SamplingParams(max_tokens=50, ignore_eos=True))
     engine.run_until_done()
     engine.close()
@@ -156,7 +160,7 @@ def test_request_that_outgrows_the_cache_stops_at_its_limit(model):
 
 @pytest.fixture(scope="module")
 def chat_model_folder(tmp_path_factory):
-    from fastswitch.server.model_sources import tiny_random_llama
+    from fastswitch.model_sources import tiny_random_llama
 
     return tiny_random_llama(seed=0, root=tmp_path_factory.mktemp("tiny") / "model")
 
@@ -221,8 +225,9 @@ def test_llm_step_by_step(chat_model_folder):
 
 
 def test_arrival_time_orders_requests_and_starts_their_ttft(model):
-    config = EngineConfig.from_preset("fastswitch", block_size=8, attention_backend="torch", max_num_seqs=1)
-    engine = Engine.for_model(model, config, max_model_len=256, num_gpu_blocks=64)
+    config = EngineConfig.from_preset("fastswitch", block_size=8, attention_backend="torch", max_num_seqs=1,
+                                      num_gpu_blocks=64, max_model_len=256)  # fmt: skip
+    engine = build_engine(model, config)
     now = time.monotonic()
     later = engine.add_request([1, 2, 3], PARAMS, arrival_time=now - 1.0)
     earlier = engine.add_request([4, 5, 6], PARAMS, arrival_time=now - 2.0)  # added second, arrived first

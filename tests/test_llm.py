@@ -7,8 +7,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from fastswitch.llm import LLM
+from fastswitch.model_sources import tiny_random_llama
 from fastswitch.models import SamplingParams
-from fastswitch.server import tiny_random_llama
 
 EOS = 2
 
@@ -112,7 +112,8 @@ def test_config_errors(hf_model):
     with pytest.raises(ValueError, match="unknown EngineConfig field"):
         LLM(hf_model, block_sise=8)
     small = LLM(hf_model, block_size=8, num_gpu_blocks=2, attention_backend="torch")
-    with pytest.raises(ValueError, match="needs 3 KV blocks but the cache holds 2"):
+    assert small.max_model_len == 16  # max_model_len (128) cut to what 2 blocks of 8 tokens hold
+    with pytest.raises(ValueError, match="prompt of 10 tokens \\+ max_tokens=8 = 18 exceeds max_seq_len=16"):
         small.generate([[1] * 10], SamplingParams(max_tokens=8))
 
 
@@ -220,12 +221,12 @@ def test_bad_python_inputs_get_value_errors_naming_them(llm, call, message):
 
 
 def test_bad_engine_arguments_fail_before_the_weights_load(monkeypatch):
-    import fastswitch.llm as llm_module
+    import fastswitch.build as build_module
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the weights were loaded before the arguments were checked")
 
-    monkeypatch.setattr(llm_module, "load_model", no_loading)
+    monkeypatch.setattr(build_module, "load_model", no_loading)
     with pytest.raises(ValueError, match="num_gpu_blocks=True must be a positive integer"):
         LLM("unused", num_gpu_blocks=True)
     if not torch.cuda.is_available():

@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from fastswitch.build import build_engine
 from fastswitch.config import EngineConfig
-from fastswitch.engine import Engine
 from fastswitch.models.loader import load_model
 from fastswitch.models.sampling import SamplingParams
 
@@ -35,11 +35,10 @@ def model(hf):
     return load_model(hf, dtype="float32", progress=False).model
 
 
-def make_engine(model, num_gpu_blocks=64, detokenize=None, **overrides):
-    config = EngineConfig.from_preset("fastswitch", block_size=8, attention_backend="torch", **overrides)
-    return Engine.for_model(
-        model, config, max_model_len=256, num_gpu_blocks=num_gpu_blocks, eos_token_ids=[EOS], detokenize=detokenize
-    )
+def make_engine(model, num_gpu_blocks=64, tokenizer=None, **overrides):
+    config = EngineConfig.from_preset("fastswitch", block_size=8, attention_backend="torch", max_model_len=256,
+                                      num_gpu_blocks=num_gpu_blocks, **overrides)  # fmt: skip
+    return build_engine(model, config, tokenizer=tokenizer, eos_token_ids=[EOS])
 
 
 def generate(engine, params, prompt=PROMPT):
@@ -131,8 +130,15 @@ def letters(ids: list[int]) -> str:
     return "".join(chr(ord("a") + t % 26) for t in ids)
 
 
+class Letters:
+    """A tokenizer's decode for the engine: token t is the letter t mod 26."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return letters(ids)
+
+
 def test_stop_strings_cut_the_text_with_and_without_the_stop_string(model):
-    engine = make_engine(model, detokenize=letters)
+    engine = make_engine(model, tokenizer=Letters())
     free = generate(engine, SamplingParams(max_tokens=12, ignore_eos=True))
     text = letters(free.token_ids)
     stop = text[4:6]
@@ -180,8 +186,9 @@ def test_greedy_n_gives_identical_answers_under_memory_pressure(model, num_gpu_b
     # 6 blocks: the samples are preempted (swapped) while they decode; 4: no room to copy the
     # prompt's KV at the fork, so the samples are prefilled again later.
     reference = generate(make_engine(model), SamplingParams(max_tokens=10, ignore_eos=True)).token_ids
-    config = EngineConfig.from_preset(preset, block_size=8, attention_backend="torch", scheduler_mode=scheduler_mode)
-    engine = Engine.for_model(model, config, max_model_len=256, num_gpu_blocks=num_gpu_blocks, eos_token_ids=[EOS])
+    config = EngineConfig.from_preset(preset, block_size=8, attention_backend="torch", scheduler_mode=scheduler_mode,
+                                      num_gpu_blocks=num_gpu_blocks, max_model_len=256)  # fmt: skip
+    engine = build_engine(model, config, eos_token_ids=[EOS])
     output = generate(engine, SamplingParams(n=3, max_tokens=10, ignore_eos=True))
     assert [s.token_ids for s in output.samples] == [reference] * 3
     stats = engine.stats()
@@ -214,8 +221,9 @@ def test_what_a_conversation_cannot_take_is_refused(model):
 
 
 def test_max_tokens_none_runs_to_the_end_of_the_context(model):
-    config = EngineConfig.from_preset("fastswitch", block_size=8, attention_backend="torch")
-    engine = Engine.for_model(model, config, max_model_len=24, num_gpu_blocks=8, eos_token_ids=[EOS])
+    config = EngineConfig.from_preset("fastswitch", block_size=8, attention_backend="torch", num_gpu_blocks=8,
+                                      max_model_len=24)  # fmt: skip
+    engine = build_engine(model, config, eos_token_ids=[EOS])
     output = generate(engine, SamplingParams(max_tokens=None, ignore_eos=True))
     assert output.finish_reason == "length" and len(PROMPT) + len(output.token_ids) == 24
     engine.close()
@@ -223,7 +231,7 @@ def test_max_tokens_none_runs_to_the_end_of_the_context(model):
 
 def test_llm_generate_with_stop_strings_and_n(tmp_path):
     from fastswitch.llm import LLM
-    from fastswitch.server.model_sources import tiny_random_llama
+    from fastswitch.model_sources import tiny_random_llama
 
     llm = LLM(tiny_random_llama(seed=0, root=tmp_path / "model"), block_size=8, attention_backend="torch")
     free = llm.generate("Hello there", SamplingParams(max_tokens=12, ignore_eos=True))[0]
@@ -239,7 +247,7 @@ def test_llm_generate_with_stop_strings_and_n(tmp_path):
 def test_a_conversation_continues_after_a_turn_ended_by_a_stop_string(tmp_path):
     from fastswitch.chat_template import chat_turn_tokens
     from fastswitch.llm import LLM
-    from fastswitch.server.model_sources import tiny_random_llama
+    from fastswitch.model_sources import tiny_random_llama
 
     llm = LLM(tiny_random_llama(seed=0, root=tmp_path / "model"), block_size=8, attention_backend="torch")
     chat = llm.conversation(system="Be brief.")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from fastswitch.build import build_engine
 from fastswitch.config import EngineConfig
 from fastswitch.engine import Engine
 from fastswitch.models.loader import load_model
@@ -28,8 +29,9 @@ def model():
 
 
 def engine_for(model, preset="fastswitch", **overrides) -> Engine:
-    config = EngineConfig.from_preset(preset, block_size=8, attention_backend="torch", **overrides)
-    return Engine.for_model(model, config, max_model_len=256, num_gpu_blocks=config.num_gpu_blocks or 64)
+    overrides = {"num_gpu_blocks": 64, **overrides}
+    config = EngineConfig.from_preset(preset, block_size=8, attention_backend="torch", max_model_len=256, **overrides)
+    return build_engine(model, config)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from fastswitch.parallel.messages import StepChunk
 from fastswitch.sched.request import ScheduledChunk
 
 if TYPE_CHECKING:
-    from fastswitch.engine import ModelExecutor
+    from fastswitch.executor import ModelExecutor
     from fastswitch.parallel.workers import WorkerGroup
 
 

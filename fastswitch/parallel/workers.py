@@ -41,7 +41,7 @@ from fastswitch.parallel.partition import Partition, check_tensor_parallel_size
 from fastswitch.parallel.worker import WorkerSettings, worker_main
 
 if TYPE_CHECKING:
-    from fastswitch.engine import ModelExecutor
+    from fastswitch.executor import ModelExecutor
 
 START_TIMEOUT_S = 600.0  # loading a large checkpoint shard can take minutes
 POLL_S = 0.05

@@ -99,7 +99,8 @@ class ScheduledChunk:
 
 @dataclass
 class SchedulerOutput:
-    """What one step does, as data: the engine hands the moves to the swap manager, the batch to the executor."""
+    """What one step does, as data: the batch the engine hands to the executor, and a record of the
+    swaps and drops the scheduler already issued through the swap manager to make room for it."""
 
     chunks: list[ScheduledChunk] = field(default_factory=list)
     swapped_out: list[str] = field(default_factory=list)  # request ids (or conversation ids for idle contexts)

@@ -62,13 +62,8 @@ class Scheduler:
     # ---- arrivals and departures -------------------------------------------------------------
 
     def add_request(self, request: Request) -> None:
-        if not request.prompt_token_ids:
-            raise ValueError(f"request {request.request_id!r} has an empty prompt: at least 1 token is needed")
-        if request.num_prompt_tokens > self.max_seq_len:
-            raise ValueError(
-                f"request {request.request_id!r}: prompt of {request.num_prompt_tokens} tokens exceeds "
-                f"max_seq_len={self.max_seq_len} (the smaller of max_model_len and the device KV cache)"
-            )
+        """Takes a request the engine's front door has checked (Engine.check_request: a non-empty
+        prompt of at most max_seq_len tokens)."""
         if request.request_id in self.requests:
             raise ValueError(f"request_id={request.request_id!r} is already live")
         if request.seq_id in self.by_seq:

@@ -1,10 +1,11 @@
-"""An OpenAI-compatible HTTP server on the FastSwitch engine (`fastswitch serve`), and the model
-loading the command line and examples share with it."""
+"""An OpenAI-compatible HTTP server on the FastSwitch engine (`fastswitch serve`). The model sources
+(`resolve_model`, `tiny_random_llama`, ...) live in fastswitch/model_sources.py and are re-exported
+here for code that imported them from this package."""
 
 from __future__ import annotations
 
+from fastswitch.model_sources import TINY_RANDOM, default_model_path, resolve_model, tiny_random_llama
 from fastswitch.server.body_limit import DEFAULT_MAX_BODY_BYTES
-from fastswitch.server.model_sources import TINY_RANDOM, default_model_path, resolve_model, tiny_random_llama
 from fastswitch.server.serving_engine import ServingEngine
 
 

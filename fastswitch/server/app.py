@@ -24,6 +24,7 @@ import json
 import logging
 import math
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -44,8 +45,10 @@ log = logging.getLogger(__name__)
 
 CLIENT_ID_HEADER = "x-client-id"
 MAX_CLIENT_ID_CHARS = 64  # longer client ids are stored by their digest: the policy keeps one entry per client
-ERROR_RESPONSES = {status: {"model": p.ErrorBody} for status in (400, 404, 413, 500, 503)}
-GENERATION_RESPONSES = {200: {"content": {"text/event-stream": {}}}, **ERROR_RESPONSES}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": p.ErrorBody} for status in (400, 404, 413, 500, 503)
+}
+GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}, **ERROR_RESPONSES}
 
 
 class OpenAIJSONResponse(JSONResponse):
@@ -166,8 +169,8 @@ def create_app(serving: ServingEngine, model_id: str | None = None,
             raise p.OpenAIError(str(exc), param="messages") from exc
         return await _generate(request, body, [token_ids], p.DEFAULT_CHAT_MAX_TOKENS, True, None, body.prompt_logprobs)
 
-    async def _generate(request: Request, body: p.SamplingFields, prompts: list[list[int]], default_max: int,
-                        chat: bool, echo: list[str] | None, prompt_logprobs: int | None):  # fmt: skip
+    async def _generate(request: Request, body: p.CompletionRequest | p.ChatCompletionRequest, prompts: list[list[int]],
+                        default_max: int, chat: bool, echo: list[str] | None, prompt_logprobs: int | None):  # fmt: skip
         if body.truncate_prompt_tokens is not None:
             prompts = [ids[-body.truncate_prompt_tokens :] for ids in prompts]
         lens = [len(ids) for ids in prompts]
@@ -193,11 +196,7 @@ def create_app(serving: ServingEngine, model_id: str | None = None,
 
 
 async def _prompt_ids(serving: ServingEngine, prompt: str | list[int], add_special_tokens: bool) -> list[int]:
+    """The prompt's token ids, as they are or encoded; the engine checks them (Engine.check_request)."""
     if isinstance(prompt, str):
-        token_ids = await asyncio.to_thread(serving.encode, prompt, add_special_tokens)
-        if not token_ids:
-            raise p.OpenAIError("prompt is empty: it encodes to no tokens", param="prompt")
-        return token_ids
-    if not prompt:
-        raise p.OpenAIError("prompt: an empty list of token ids", param="prompt")
+        return await asyncio.to_thread(serving.encode, prompt, add_special_tokens)
     return list(prompt)

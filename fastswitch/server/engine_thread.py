@@ -178,7 +178,7 @@ class EngineThread:
             return  # the handler gave up before the engine thread got to it
         try:
             output = self.engine.add_request(item.token_ids, item.params, priority=item.priority,
-                                             client_id=item.client_id)  # fmt: skip
+                                             client_id=item.client_id, reserve_output=True)  # fmt: skip
         except Exception as exc:  # ValueError for bad input; anything else is reported the same way
             item.future.set_exception(exc)
             return

@@ -10,12 +10,14 @@ every choice is done, and aborts the requests when the client goes away first.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import cast
 
 from fastapi import Request
 
+from fastswitch.engine import ContextTooLong
 from fastswitch.models.sampling import SamplingParams
 from fastswitch.server import protocol as p
 from fastswitch.server.engine_thread import EngineFailed, EngineThread, TokenUpdate
@@ -33,32 +35,37 @@ class Choice:
     prompt_logprobs: list | None = None
 
 
-def sampling_params(body: p.SamplingFields, prompt_lens: list[int], max_model_len: int, default_max: int,
-                    prompt_logprobs: int | None) -> SamplingParams:  # fmt: skip
-    """vLLM's check: prompt + max_tokens must fit max_model_len; an omitted max_tokens is the endpoint's
-    default cut to the room the longest prompt leaves."""
-    longest = max(prompt_lens)
-    room = max_model_len - longest
-    max_tokens = body.max_tokens if body.max_tokens is not None else min(default_max, room)
-    if longest + max_tokens > max_model_len or room < 1:
-        raise p.OpenAIError(
-            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
-            f"{longest + max_tokens} tokens ({longest} in the prompt, {max_tokens} in the "
-            "completion). Please reduce the prompt or max_tokens.",
-            param="max_tokens", code="context_length_exceeded",
-        )  # fmt: skip
+def sampling_params(body: p.CompletionRequest | p.ChatCompletionRequest, prompt_lens: list[int], max_model_len: int,
+                    default_max: int, prompt_logprobs: int | None) -> SamplingParams:  # fmt: skip
+    """An omitted max_tokens is the endpoint's default cut to the room the longest prompt leaves (at
+    least 1: the engine then refuses a prompt that leaves none, see context_length_error)."""
+    room = max_model_len - max(prompt_lens)
+    max_tokens = body.max_tokens if body.max_tokens is not None else max(1, min(default_max, room))
     try:
         return SamplingParams(
             max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
             min_p=body.min_p, seed=body.seed, stop_token_ids=tuple(body.stop_token_ids), ignore_eos=body.ignore_eos,
-            n=body.n, stop=() if body.stop is None else body.stop,
+            n=body.n, stop=(body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ()),
             include_stop_str_in_output=body.include_stop_str_in_output,
             min_tokens=body.min_tokens, presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty, repetition_penalty=body.repetition_penalty,
-            logit_bias=body.logit_bias, logprobs=body.logprobs_wanted(), prompt_logprobs=prompt_logprobs,
+            # SamplingParams reads the JSON's string keys as token ids.
+            logit_bias=cast("Mapping[int, float] | None", body.logit_bias),
+            logprobs=body.logprobs_wanted(), prompt_logprobs=prompt_logprobs,
         )  # fmt: skip
     except ValueError as exc:
         raise p.OpenAIError(str(exc), param=param_named_in(str(exc))) from exc
+
+
+def context_length_error(exc: ContextTooLong) -> p.OpenAIError:
+    """vLLM's answer to a prompt plus max_tokens beyond the context the engine serves."""
+    total = exc.num_prompt_tokens + exc.num_output_tokens
+    return p.OpenAIError(
+        f"This model's maximum context length is {exc.limit} tokens. However, you requested {total} tokens "
+        f"({exc.num_prompt_tokens} in the prompt, {exc.num_output_tokens} in the completion). Please reduce the "
+        "prompt or max_tokens.",
+        param="max_tokens", code="context_length_exceeded",
+    )  # fmt: skip
 
 
 def param_named_in(message: str) -> str | None:
@@ -106,6 +113,8 @@ class Generation:
         except (ValueError, EngineFailed, asyncio.CancelledError) as exc:
             for future in futures:
                 _abort_once_added(self.engine_thread, future)
+            if isinstance(exc, ContextTooLong):
+                raise context_length_error(exc) from exc
             if isinstance(exc, ValueError):
                 raise p.OpenAIError(str(exc), param=param_named_in(str(exc))) from exc
             if isinstance(exc, EngineFailed):

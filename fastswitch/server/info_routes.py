@@ -64,6 +64,7 @@ def add_info_routes(app: FastAPI, serving: ServingEngine, model_id: str, respons
         if body.prompt is not None:
             tokens = await asyncio.to_thread(serving.encode, body.prompt, body.add_special_tokens is not False)
         else:
+            assert body.messages is not None  # exactly one of prompt and messages, checked above
             messages = [m.for_template() for m in body.messages]
             try:
                 tokens = await asyncio.to_thread(serving.encode_chat, messages, body.add_generation_prompt, False, None,

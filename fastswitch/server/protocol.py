@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -195,7 +195,7 @@ class SamplingFields(BaseModel):
 
     @property
     def continuous_usage(self) -> bool:
-        return self.include_usage and self.stream_options.continuous_usage_stats
+        return self.stream_options is not None and self.include_usage and self.stream_options.continuous_usage_stats
 
 
 class CompletionRequest(SamplingFields):
@@ -217,11 +217,14 @@ class CompletionRequest(SamplingFields):
 
     def prompts(self) -> list[str | list[int]]:
         """The batch: a string, a list of token ids, or a list of either."""
-        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
-            return [self.prompt]
-        if not self.prompt:
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if not prompt:
             raise OpenAIError("prompt: an empty list holds no prompt", param="prompt")
-        return list(self.prompt)
+        if isinstance(prompt[0], int):
+            return [prompt]  # one list of token ids
+        return cast("list[str | list[int]]", list(prompt))
 
 
 class ChatMessage(BaseModel):

@@ -35,7 +35,10 @@ class Shape:
 
 
 def _completion_logprobs(shape: Shape, token_ids: list[int], entries: list, offset: int) -> dict:
-    tokens, values, tops, offsets = [], [], [], []
+    tokens: list[str] = []
+    values: list[float | None] = []
+    tops: list[dict | None] = []
+    offsets: list[int] = []
     for token, entry in zip(token_ids, entries):
         text = shape.token_text(token)
         tokens.append(text)

@@ -9,30 +9,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from fastswitch.chat_template import chat_turn_tokens
+from fastswitch.build import build_engine, load_for_engine
+from fastswitch.chat_template import answer_stop_text, chat_turn_tokens, render_chat
 from fastswitch.config import EngineConfig
 from fastswitch.engine import Engine
-from fastswitch.models.llama import max_supported_len
-from fastswitch.models.loader import LoadedModel, load_model, resolve_device
-from fastswitch.models.runner import default_num_blocks, kv_cache_spec
-from fastswitch.parallel.partition import WHOLE_MODEL
+from fastswitch.model_sources import resolve_model
+from fastswitch.models.loader import LoadedModel
+from fastswitch.outputs import RequestOutput
 from fastswitch.parallel.workers import WorkerGroup
-from fastswitch.server.model_sources import resolve_model
-
-# On CPU the default model's full 8k context would size a pool nobody uses; chat turns are short.
-DEFAULT_CPU_MAX_MODEL_LEN = 2048
-# On CPU the "device" pool and the 4x host pool share the machine's RAM, and zero-filling them is paid
-# at start-up: 256 MiB of device KV (~5.8k tokens of SmolLM2-135M in fp32) keeps start-up quick.
-DEFAULT_CPU_KV_BYTES = 256 << 20
 
 
 @dataclass
 class ServingEngine:
     engine: Engine
-    tokenizer: object  # a transformers tokenizer
+    tokenizer: Any  # a transformers tokenizer
     model_name: str
-    max_model_len: int  # the longest sequence served: the model's (or the configured) limit, cut to the KV cache
+    max_model_len: int  # the longest sequence served (Engine.max_seq_len): max_model_len cut to the KV cache
 
     @classmethod
     def load(
@@ -52,16 +46,14 @@ class ServingEngine:
         """
         config = EngineConfig.from_preset(preset, **overrides)
         source = resolve_model(model)
-        device = resolve_device(config.device)
-        workers = WorkerGroup.start(source, tensor_parallel_size, config.dtype, device)
-        partition = WHOLE_MODEL if workers is None else workers.partition
-        loaded = load_model(source, dtype=config.dtype, device=device, progress=progress, partition=partition)
+        loaded, workers = load_for_engine(source, config, tensor_parallel_size, progress=progress)
         return cls.for_loaded(loaded, Path(str(source)).name, preset, workers=workers, **overrides)
 
     @classmethod
     def for_loaded(
-        cls, loaded: LoadedModel, model_name: str, preset: str = "fastswitch", workers=None, **overrides
-    ) -> ServingEngine:
+        cls, loaded: LoadedModel, model_name: str, preset: str = "fastswitch", workers: WorkerGroup | None = None,
+        **overrides,
+    ) -> ServingEngine:  # fmt: skip
         """workers: the WorkerGroup of a tensor-parallel model whose rank 0 shard `loaded` is (one engine
         per group; None without tensor parallelism).
 
@@ -71,25 +63,10 @@ class ServingEngine:
         config = EngineConfig.from_preset(preset, **overrides)
         if loaded.tokenizer is None:
             raise ValueError(f"model {model_name!r} has no tokenizer files; serving text needs one")
-        device = loaded.model.device
-        limit = max_supported_len(loaded.hf_config)
-        if config.max_model_len is not None and config.max_model_len > limit:
-            raise ValueError(f"max_model_len={config.max_model_len} exceeds the model's limit of {limit} tokens")
-        max_model_len = config.max_model_len or (min(limit, DEFAULT_CPU_MAX_MODEL_LEN) if device.type == "cpu" else limit)
-        spec = kv_cache_spec(loaded.model)
-        num_gpu_blocks = config.num_gpu_blocks or default_num_blocks(
-            spec, config.block_size, config.max_num_seqs, max_model_len, device
+        engine = build_engine(
+            loaded.model, config, tokenizer=loaded.tokenizer, eos_token_ids=loaded.eos_token_ids, workers=workers
         )
-        if config.num_gpu_blocks is None and device.type == "cpu":
-            num_gpu_blocks = max(1, min(num_gpu_blocks, DEFAULT_CPU_KV_BYTES // spec.block_bytes(config.block_size)))
-        # What the cache cannot hold is not served: one sequence may use every device block, no more.
-        max_model_len = min(max_model_len, num_gpu_blocks * config.block_size)
-        tokenizer = loaded.tokenizer
-        engine = Engine.for_model(
-            loaded.model, config, max_model_len, num_gpu_blocks, eos_token_ids=loaded.eos_token_ids,
-            detokenize=lambda ids: tokenizer.decode(ids, skip_special_tokens=True), workers=workers,
-        )  # fmt: skip
-        return cls(engine, tokenizer, model_name, max_model_len)
+        return cls(engine, loaded.tokenizer, model_name, engine.max_seq_len)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """A plain prompt, with the tokenizer's own special tokens (BOS where the model uses one) unless
@@ -103,22 +80,8 @@ class ServingEngine:
         """A conversation rendered by the checkpoint's chat template, ending with the assistant's cue
         (add_generation_prompt) or inside its last, unfinished message (continue_final_message).
         template_kwargs: extra variables for the template. ValueError when the template fails or leaves
-        out a message's text (a role it cannot render)."""
-        if getattr(self.tokenizer, "chat_template", None) is None:
-            raise ValueError(f"model {self.model_name!r} has no chat template; use a plain prompt instead")
-        reserved = {"conversation", "messages", "tokenize", "add_generation_prompt", "continue_final_message"}
-        if reserved & set(template_kwargs or {}):
-            raise ValueError(f"chat_template_kwargs must not set {sorted(reserved & set(template_kwargs))}")
-        try:
-            text = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
-                tokenize=False, **(template_kwargs or {}),
-            )  # fmt: skip
-        except Exception as exc:  # jinja's TemplateError (raise_exception in a template), or a bad message
-            raise ValueError(f"the chat template cannot render these messages: {type(exc).__name__}: {exc}") from exc
-        for message in messages:
-            if message["content"].strip() and message["content"].strip() not in text:
-                raise ValueError(f"this model's chat template does not render a {message['role']!r} message")
+        out a message's text (fastswitch/chat_template.py render_chat)."""
+        text = render_chat(self.tokenizer, messages, add_generation_prompt, continue_final_message, template_kwargs)
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
     def token_text_fn(self, as_token_ids: bool = False):
@@ -128,17 +91,16 @@ class ServingEngine:
             return lambda token: f"token_id:{token}"
         return lambda token: self.tokenizer.decode([token])
 
-    def encode_chat_turn(self, history: list[dict], message: str, answer_ended_with_stop: bool) -> list[int]:
+    def encode_chat_turn(self, history: list[dict], message: str, last_turn: RequestOutput | None) -> list[int]:
         """The tokens a conversation's next user message appends to its KV context.
 
         history: the messages so far, the last one the assistant's answer as generated (its context
-        is the earlier prompt plus exactly those tokens). The template renders the whole conversation;
-        the new tokens are what it puts after that answer: its closing marker (unless the model
-        already produced it as the stop token), the user's message and the assistant's cue.
+        is the earlier prompt plus exactly those tokens); last_turn: the output of that answer (None
+        before the first). The template renders the whole conversation; the new tokens are what it
+        puts after that answer: its closing marker (unless the model already produced it as the stop
+        token), the user's message and the assistant's cue (fastswitch/chat_template.py).
         """
-        eos_ids = self.engine.eos_token_ids
-        stop_text = self.tokenizer.decode(eos_ids[:1]) if answer_ended_with_stop and eos_ids else None
-        return chat_turn_tokens(self.tokenizer, history, message, stop_text)
+        return chat_turn_tokens(self.tokenizer, history, message, answer_stop_text(self.tokenizer, last_turn))
 
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)

@@ -14,13 +14,15 @@ too, so a client never receives part of a stop string it asked never to see.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fastswitch.stop_strings import find_stop
 
 REPLACEMENT_CHAR = "\ufffd"
 
 
 class TextStream:
-    def __init__(self, decode, stop_strings: list[str] = ()) -> None:
+    def __init__(self, decode, stop_strings: Sequence[str] = ()) -> None:
         self._decode = decode  # token ids -> text, special tokens skipped
         self.stop_strings = list(stop_strings)
         self.token_ids: list[int] = []

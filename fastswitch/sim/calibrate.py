@@ -26,6 +26,7 @@ simulation on the calibrated profile, and their metrics are printed side by side
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -198,11 +199,11 @@ def compare_with_real_run(model, shape: ModelShape, profile: HardwareProfile, wo
                           config: EngineConfig, max_model_len: int) -> list[dict]:  # fmt: skip
     """Runs workload on the real engine (wall clock) and on the simulated one (profile); one row per
     headline metric with both values. config needs num_gpu_blocks set."""
-    from fastswitch.engine import Engine
+    from fastswitch.build import build_engine
     from fastswitch.sim.simulator import simulate
     from fastswitch.sim.workload_driver import replay, sleep_until
 
-    engine = Engine.for_model(model, config, max_model_len, config.num_gpu_blocks)
+    engine = build_engine(model, dataclasses.replace(config, max_model_len=max_model_len))
     replay(engine, workload, sleep_until)
     engine.close()
     real = engine.stats()
@@ -216,7 +217,7 @@ def calibrate_cpu(model, workload: Workload, max_model_len: int, name: str = "cp
     """A profile of this CPU for model (a LlamaForServing), from workload run on the real engine with a
     device pool that holds every context at once (no swap hides in the timed steps). Attention runs on
     the torch path, as the runs it is set beside should (Triton's interpreter is for tests only)."""
-    from fastswitch.engine import Engine
+    from fastswitch.build import build_engine
     from fastswitch.sim.host_calibration import cpu_profile, trace_engine_run
     from fastswitch.sim.workload_driver import sleep_until
 
@@ -225,7 +226,7 @@ def calibrate_cpu(model, workload: Workload, max_model_len: int, name: str = "cp
     config = EngineConfig.from_preset(preset, num_gpu_blocks=num_blocks, max_model_len=max_model_len,
                                       block_size=block_size, policy="fcfs", attention_backend="torch",
                                       **extra)  # fmt: skip
-    engine = Engine.for_model(model, config, max_model_len, num_blocks)
+    engine = build_engine(model, config)
     timings = trace_engine_run(engine, workload, sleep_until)
     engine.close()
     return cpu_profile(name, model, timings, block_size)

@@ -27,7 +27,7 @@ SIMULATED_TOKEN_ID = 0
 class VirtualExecutor:
     def __init__(self, cost_model: CostModel, clock: VirtualClock, backing=None, token_id: int = SIMULATED_TOKEN_ID,
                  contention: HostContention | None = None, seed: int = 0) -> None:  # fmt: skip
-        """backing: an engine Executor (e.g. fastswitch.engine.ModelExecutor) that really runs the
+        """backing: an engine Executor (e.g. fastswitch.executor.ModelExecutor) that really runs the
         batch; its tokens are returned and its own clock is ignored. contention: the copy engine's
         account of host time owed by the stepping thread (None: nothing owed)."""
         self.cost_model = cost_model

@@ -9,15 +9,17 @@ a pure function of its inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from fastswitch.build import kv_caches, pool_sizes
 from fastswitch.cache.copy_engine import TorchCopyEngine
-from fastswitch.cache.kv_cache import KVCache
 from fastswitch.config import EngineConfig
-from fastswitch.engine import HOST_BLOCKS_PER_DEVICE_BLOCK, Engine, ModelExecutor
+from fastswitch.engine import Engine
+from fastswitch.executor import ModelExecutor
 from fastswitch.models.runner import ModelRunner
 from fastswitch.models.sampling import Sampler
 from fastswitch.sim.clock import CopyQueues, HostContention, VirtualClock
@@ -45,12 +47,10 @@ class SimulatedEngine:
 def build_simulated_engine(
     config: EngineConfig, model: ModelShape, hardware: HardwareProfile, max_model_len: int | None = None
 ) -> SimulatedEngine:
-    """An Engine whose executor and copy engine run on a virtual clock priced for model on hardware."""
-    if config.num_gpu_blocks is None:
-        raise ValueError("num_gpu_blocks=None: a simulated engine needs an explicit device pool size")
-    max_model_len = max_model_len or config.max_model_len
-    if max_model_len is None:
-        raise ValueError("max_model_len=None: give it in the config or as an argument")
+    """An Engine whose executor and copy engine run on a virtual clock priced for model on hardware.
+    Its pools are sized by fastswitch/build.py pool_sizes (num_gpu_blocks and max_model_len, from the
+    config or the argument, must be given: there is no model to default them from)."""
+    sizes = pool_sizes(config if max_model_len is None else dataclasses.replace(config, max_model_len=max_model_len))
     clock = VirtualClock()
     cost_model = CostModel(model, hardware)
     queues = CopyQueues(cost_model)
@@ -59,11 +59,11 @@ def build_simulated_engine(
     copy_engine = VirtualCopyEngine(queues, clock, contention=contention)
     engine = Engine(
         config, executor, copy_engine,
-        num_gpu_blocks=config.num_gpu_blocks,
-        num_cpu_blocks=config.num_cpu_blocks or HOST_BLOCKS_PER_DEVICE_BLOCK * config.num_gpu_blocks,
+        num_gpu_blocks=sizes.num_gpu_blocks,
+        num_cpu_blocks=sizes.num_cpu_blocks,
         num_layers=model.num_layers,
         block_bytes=model.kv_block_bytes(config.block_size),
-        max_model_len=max_model_len,
+        max_model_len=sizes.max_model_len,
     )  # fmt: skip
     return SimulatedEngine(engine, clock, executor, queues)
 
@@ -78,14 +78,8 @@ def build_real_engine_on_virtual_time(
     the check that the simulator's only departure from a real run is the time it charges. It is also
     how a calibrated profile's predictions are set beside a real run of the same workload.
     """
-    if config.num_gpu_blocks is None:
-        raise ValueError("num_gpu_blocks=None: give the device pool size explicitly")
-    num_cpu_blocks = config.num_cpu_blocks or HOST_BLOCKS_PER_DEVICE_BLOCK * config.num_gpu_blocks
-    device_cache = KVCache(
-        config.num_gpu_blocks, model.num_layers, config.block_size, model.num_kv_heads, model.head_dim,
-        model.dtype, model.device,
-    )  # fmt: skip
-    host_cache = KVCache.host_pool_for(device_cache, num_cpu_blocks)
+    sizes = pool_sizes(dataclasses.replace(config, max_model_len=max_model_len))
+    device_cache, host_cache = kv_caches(model, config, sizes)
     clock = VirtualClock()
     queues = CopyQueues(cost_model)
     contention = HostContention()
@@ -96,8 +90,8 @@ def build_real_engine_on_virtual_time(
                                     contention=contention)  # fmt: skip
     engine = Engine(
         config, executor, copy_engine,
-        num_gpu_blocks=config.num_gpu_blocks, num_cpu_blocks=num_cpu_blocks, num_layers=model.num_layers,
-        block_bytes=device_cache.block_bytes, max_model_len=max_model_len, eos_token_ids=eos_token_ids,
+        num_gpu_blocks=sizes.num_gpu_blocks, num_cpu_blocks=sizes.num_cpu_blocks, num_layers=model.num_layers,
+        block_bytes=device_cache.block_bytes, max_model_len=sizes.max_model_len, eos_token_ids=eos_token_ids,
         vocab_size=model.vocab_size,
     )  # fmt: skip
     return SimulatedEngine(engine, clock, executor, queues)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastswitch.server import tiny_random_llama
+from fastswitch.model_sources import tiny_random_llama
 from server_harness import running_server
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
@@ -106,8 +107,8 @@ def test_a_request_answered_400_never_enters_the_engine(guarded):
             (dict(top_p=0.0), "top_p"),
             (dict(temperature=float("nan")), "temperature"),
             (dict(max_tokens=10**30), "max_tokens"),
-            # Outside the vocabulary: refused by the engine's add_request, or by the server before it.
-            (dict(prompt=[1, 10**9]), (None, "prompt")),
+            # Refused by the engine's front door (add_request) rather than by the server's field checks.
+            (dict(prompt=[1, 10**9]), "prompt"),
         ]
         for fields, param in cases:
             body = json.dumps({**completion("hi", 400), **fields})  # NaN as JSON's NaN token, as Python sends it
@@ -117,7 +118,9 @@ def test_a_request_answered_400_never_enters_the_engine(guarded):
             assert error["error"]["type"] == "invalid_request_error"
     finally:
         del engine.add_request
-    assert len(added) <= 1  # only the token-id case reaches add_request, which refuses it
+    # Only max_tokens beyond the context and the token ids outside the vocabulary reach the engine's
+    # front door, which refuses them before anything is added.
+    assert len(added) == 2
     assert app.state.engine_thread.num_live == 0 and not engine.has_unfinished()
 
 
@@ -203,6 +206,16 @@ def test_max_model_len_is_what_the_kv_cache_holds(tiny_model):
         chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], **LONG}  # max_tokens omitted
         status, answer = http_json(base_url, "POST", "/v1/chat/completions", chat)
         assert status == 200 and answer["usage"]["total_tokens"] == 64  # the rest of the context
+        # A prompt that fills the context leaves no room even for the default max_tokens; in a batch,
+        # the prompt before it (added first) is taken back.
+        full = {"model": "tiny", "prompt": [[5] * 10, [5] * 64]}
+        status, error = http_json(base_url, "POST", "/v1/completions", full)
+        assert status == 400 and error["error"]["code"] == "context_length_exceeded"
+        assert "requested 65 tokens (64 in the prompt, 1 in the completion)" in error["error"]["message"]
+        engine, deadline = app.state.serving.engine, time.monotonic() + 10
+        while engine.has_unfinished() and time.monotonic() < deadline:  # the abort reaches the engine thread
+            time.sleep(0.05)
+        assert not engine.has_unfinished() and app.state.engine_thread.num_live == 0
 
 
 def test_health_turns_503_when_the_engine_cannot_go_on(tiny_model):
