@@ -16,34 +16,24 @@ from __future__ import annotations
 
 from typing import Hashable, Literal, Protocol
 
+from fastswitch.sched.adaptive_swap import SwapEstimates
+
 KVLocation = Literal["none", "device", "host"]
 
 
-class KVSpace(Protocol):
-    block_size: int
-    asynchronous: bool  # swaps may complete after the step that issued them
+class KVSpace(SwapEstimates, Protocol):
+    """Adds to what the adaptive swap rule reads (free and pending device blocks, sizes and estimated
+    times of swaps, whether swaps are asynchronous) what the scheduler reads and does."""
 
-    @property
-    def num_free_device_blocks(self) -> int: ...
+    block_size: int
 
     @property
     def num_device_blocks(self) -> int: ...
-
-    @property
-    def num_pending_free_blocks(self) -> int:
-        """Device blocks that in-flight swap-outs free when their copies complete."""
 
     def location(self, seq_id: Hashable) -> KVLocation: ...
 
     def is_ready(self, seq_id: Hashable) -> bool:
         """True when seq_id's KV is on the device and no copy into it is in flight."""
-
-    def num_blocks_of(self, seq_id: Hashable) -> int:
-        """Blocks seq_id holds where its KV lives (the size of its next swap)."""
-
-    def estimated_swap_time(self, seq_id: Hashable) -> float | None:
-        """Seconds seq_id's next swap (out from the device, in from the host) should take; None when
-        nothing is known yet about the copy speed."""
 
     def device_blocks_needed(self, seq_id: Hashable, num_tokens: int) -> int:
         """New device blocks for seq_id to hold num_tokens tokens, wherever its KV is now."""

@@ -7,17 +7,9 @@ them, in this order, from idle conversation contexts (KV kept between turns) and
 requests ranked lowest after it: by swapping their KV to the host (`preemption_mode="swap"`, when the
 host has room) or by dropping it to recompute later. Swapped requests come back by swap-in.
 
-With asynchronous swapping a swap-out frees its device blocks only when its copy completes and a
-swapped-in request runs only once its copy has landed. The adaptive rule of the paper: a swap is
-waited for in the same step when that is cheap and the batch would otherwise shrink (the request it
-makes room for, or the request it brings back, would sit the step out). Cheap is a matter of time
-weighed by who pays it: waiting holds up every request of the batch for the copy's duration, while
-overlapping costs the one request a whole step. So a swap is waited for when the copy engine's
-estimate of the copy, times the requests the wait holds up (the last batch), is at most
-`sync_swap_fraction` of the recent step time (an exponential average of the executor's step
-durations). Until both are known (no copy or no step timed yet) a swap of at most
-`adaptive_sync_blocks` blocks counts as cheap. Otherwise a request that will get its blocks from
-copies already in flight waits for them rather than evicting more.
+With asynchronous swapping, whether a swap is waited for in the same step or overlapped with the
+next ones is the paper's adaptive rule, asked of `AdaptiveSwapRule` (sched/adaptive_swap.py), which
+also says when a request waits for blocks that copies in flight will free rather than evict more.
 
 The output is data (SchedulerOutput); `update` feeds the sampled tokens back.
 
@@ -30,13 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+from fastswitch.sched.adaptive_swap import AdaptiveSwapRule
 from fastswitch.sched.kv_space import KVSpace
 from fastswitch.sched.policies import claim_policy, make_policy, rank_key
 from fastswitch.sched.priority_patterns import PriorityUpdater
 from fastswitch.sched.priority_trace import PriorityTrace, TraceReader
 from fastswitch.sched.request import Request, RequestStatus, ScheduledChunk, SchedulerOutput
-
-STEP_TIME_WEIGHT = 0.2  # weight of the newest step in the step-time average: follows batch growth within a few steps
 
 
 class Scheduler:
@@ -45,9 +36,7 @@ class Scheduler:
         self.config = config
         self.kv = kv
         self.max_seq_len = min(max_seq_len, kv.num_device_blocks * kv.block_size)
-        self.adaptive_sync_blocks = config.adaptive_sync_blocks
-        self.sync_swap_fraction = config.sync_swap_fraction
-        self.step_time: float | None = None  # exponential average of executor step durations (s)
+        self.swap_rule = AdaptiveSwapRule(kv, config.sync_swap_fraction, config.adaptive_sync_blocks)
         self.policy = claim_policy(make_policy(config.policy, config.vtc_input_weight, config.vtc_output_weight), self)
         self.rank = rank_key(self.policy)
         self.priority_updater = PriorityUpdater(
@@ -57,7 +46,6 @@ class Scheduler:
         self.by_seq: dict[Hashable, Request] = {}
         self.idle_contexts: dict[Hashable, int] = {}  # conversation KV between turns -> cached tokens, LRU order
         self.priority_trace: TraceReader | None = None  # set by use_priority_trace
-        self.last_batch_size = 0
 
     # ---- arrivals and departures -------------------------------------------------------------
 
@@ -150,8 +138,7 @@ class Scheduler:
                 blocked = True
                 continue
             if location == "host":
-                shrinks = len(out.chunks) < self.last_batch_size
-                blocking = not self.kv.asynchronous or (shrinks and self._cheap_to_wait_for(seq_id))
+                blocking = self.swap_rule.wait_for_swap(seq_id, num_scheduled=len(out.chunks))
                 self.kv.swap_in(seq_id, blocking)
                 request.status = RequestStatus.RUNNING
                 request.swap_in_issued_at = now
@@ -188,9 +175,8 @@ class Scheduler:
                 raise ValueError(f"request {request.request_id!r} expected a sampled token, got None")
             if self._accept_token(request, token, now):
                 finished.append(request)
-        self.last_batch_size = len(out.chunks)
-        step = now - swaps_done_at  # the executor's run alone: waits on swaps came before swaps_done_at
-        self.step_time = step if self.step_time is None else self.step_time + STEP_TIME_WEIGHT * (step - self.step_time)
+        # The executor's run alone: waits on swaps came before swaps_done_at.
+        self.swap_rule.observe_step(len(out.chunks), now - swaps_done_at)
         return finished
 
     def start_forked(self, request: Request, token: int, num_computed: int, now: float) -> bool:
@@ -249,8 +235,8 @@ class Scheduler:
     def _make_room(self, need: int, order: list[Request], index: int, out: SchedulerOutput, now: float) -> bool:
         """Frees `need` device blocks for order[index], preempting what ranks below it; False: it waits."""
         while self.kv.num_free_device_blocks < need:
-            if self.kv.num_free_device_blocks + self.kv.num_pending_free_blocks >= need:
-                return False  # copies in flight will free enough: wait rather than evict more
+            if self.swap_rule.in_flight_frees_enough(need):
+                return False  # wait for the copies rather than evict more
             if not self._evict_idle_context(out):
                 victim = self._lowest_ranked_resident(order, index)
                 if victim is None:
@@ -298,19 +284,10 @@ class Scheduler:
         while not self.kv.can_swap_out(seq_id, num_tokens):
             if not self._drop_idle_host_context():
                 return False
-        # An overlapped swap-out frees its blocks only after this step, so the request it makes room
-        # for sits the step out: the batch would shrink, and only the cost decides.
-        blocking = not self.kv.asynchronous or self._cheap_to_wait_for(seq_id)
-        self.kv.swap_out(seq_id, num_tokens, blocking)
+        # An overlapped swap-out frees its blocks only after this step: the request it makes room for
+        # sits the step out in any case.
+        self.kv.swap_out(seq_id, num_tokens, self.swap_rule.wait_for_swap(seq_id))
         return True
-
-    def _cheap_to_wait_for(self, seq_id: Hashable) -> bool:
-        """Whether waiting for seq_id's next swap, which every request of the batch pays, costs little
-        against the step that overlapping it takes from the one request."""
-        estimate = self.kv.estimated_swap_time(seq_id)
-        if estimate is None or self.step_time is None:
-            return self.kv.num_blocks_of(seq_id) <= self.adaptive_sync_blocks
-        return estimate * max(1, self.last_batch_size) <= self.sync_swap_fraction * self.step_time
 
     def _drop_idle_host_context(self) -> bool:
         for seq_id in self.idle_contexts:

@@ -28,7 +28,7 @@ def preempt_one(victim: str, seconds_per_byte: float | None, **overrides):
     outputs = {name: engine.add_request(PROMPTS[name], params(8), priority=3) for name in order}
     engine.step()
     engine.step()
-    step_time = engine.scheduler.step_time
+    step_time = engine.scheduler.swap_rule.step_time
     urgent = engine.add_request([3] * 10, params(2), priority=0)  # needs 3 blocks: only 2 are free
     engine.step()
     assert engine.last_schedule.swapped_out == [outputs[victim].request_id]
@@ -77,19 +77,19 @@ def test_a_swap_one_request_could_wait_for_overlaps_when_the_whole_batch_would_w
 
 def test_step_time_is_an_average_of_executor_runs_excluding_swap_waits():
     engine, _, _ = make_engine(EngineConfig(block_size=4, num_gpu_blocks=12, policy="fcfs"))
-    assert engine.scheduler.step_time is None
+    assert engine.scheduler.swap_rule.step_time is None
     engine.add_request([1] * 6, params(3))
     engine.step()  # the fake executor charges 0.01 s + 1 ms per token
-    assert engine.scheduler.step_time == pytest.approx(0.016)
+    assert engine.scheduler.swap_rule.step_time == pytest.approx(0.016)
     engine.step()
-    assert engine.scheduler.step_time == pytest.approx(0.016 + 0.2 * (0.011 - 0.016))
+    assert engine.scheduler.swap_rule.step_time == pytest.approx(0.016 + 0.2 * (0.011 - 0.016))
 
 
 def test_sync_swap_fraction_is_the_engine_configs_threshold():
     # The swap of test_a_swap_small_against...: 80 us against a step of tens of ms. The default
     # fraction (0.1) waits for it; a fraction of 0 waits for no swap that takes any time at all.
     engine, copies, outputs, urgent, step_time = preempt_one("large", seconds_per_byte=1e-8, sync_swap_fraction=0.0)
-    assert engine.scheduler.sync_swap_fraction == 0.0
+    assert engine.scheduler.swap_rule.sync_swap_fraction == 0.0
     assert engine.stats()["blocking_swaps"] == 0 and len(copies.in_flight) == 1 and not urgent.token_ids
     finish_and_check(engine, copies, outputs)
 
