@@ -206,7 +206,7 @@ def test_fragmented_sequence_moves_in_one_packed_call_each_way(asynchronous):
     manager.drop("d")
     # "a" grows into b's old blocks, then past c into d's: three runs on the device.
     table = manager.allocate("a", 6 * BLOCK)
-    assert manager.device.num_groups(manager._seqs["a"].device_key) >= 2
+    assert manager.device.num_groups(manager.sequences.record("a").stay) >= 2
     values = fill(device, table)
     manager.swap_out("a", 6 * BLOCK, blocking=True)
     assert manager.stats.copy_calls == 1

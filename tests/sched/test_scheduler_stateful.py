@@ -100,7 +100,7 @@ class EngineMachine(RuleBasedStateMachine):
         manager = self.engine.swap_manager
         device, host = manager.device, manager.host
         # Device: every allocated block belongs to a sequence's current stay or to a copy in flight.
-        owned = [e.device_key for e in manager._seqs.values() if e.device_key is not None]
+        owned = [e.stay for e in manager.sequences.records() if e.stay is not None]
         owned += [k for p in manager._pending for k in p.free_device]
         assert len(owned) == len(set(owned))
         assert sorted(owned, key=repr) == sorted(device.seq_ids(), key=repr)
@@ -109,10 +109,10 @@ class EngineMachine(RuleBasedStateMachine):
         landing_drops = {p.seq_id for p in manager._pending if p.drop_host}
         for seq_id in host.seq_ids():
             assert seq_id in manager.host_copies
-            assert seq_id in manager._seqs or seq_id in landing_drops
-        for seq_id, entry in manager._seqs.items():
+            assert seq_id in manager.sequences or seq_id in landing_drops
+        for entry in manager.sequences.records():
             if entry.location == "host":
-                assert manager.host_copies.record(seq_id).phase in ("swapping_out", "swapped_out")
+                assert manager.host_copies.record(entry.seq_id).phase in ("swapping_out", "swapped_out")
         assert sum(host.num_blocks_of(k) for k in host.seq_ids()) + host.num_free == host.num_blocks
 
     @invariant()
