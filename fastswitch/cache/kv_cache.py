@@ -36,9 +36,10 @@ class KVCache:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if isinstance(dtype, str):
-            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            named = getattr(torch, dtype, None)
+            if not isinstance(named, torch.dtype):
                 raise ValueError(f"dtype={dtype!r} is not a torch dtype name")
-            dtype = getattr(torch, dtype)
+            dtype = named
         device = torch.device(device)
         if pin_memory and (device.type != "cpu" or not torch.cuda.is_available()):
             raise ValueError(
@@ -61,7 +62,7 @@ class KVCache:
         )
 
     @classmethod
-    def host_pool_for(cls, device_cache: "KVCache", num_blocks: int) -> "KVCache":
+    def host_pool_for(cls, device_cache: KVCache, num_blocks: int) -> KVCache:
         """The swap space of device_cache: same block shape and dtype, on the CPU, pinned if CUDA exists.
 
         Its blocks are handed out by a separate `BlockManager` of num_blocks (keyed by seq_id), which

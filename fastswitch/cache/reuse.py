@@ -31,8 +31,8 @@ whose KV it forgets (a finished, aborted or recomputed one).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Hashable
 
 from fastswitch.cache.block_manager import BlockManager
 

@@ -94,7 +94,8 @@ class SequenceTable:
             needed = self.device.blocks_for_tokens(num_tokens)
             if needed > self.device.num_free:
                 raise ValueError(
-                    f"sequence {seq_id!r} needs {needed} blocks for {num_tokens} tokens, only {self.device.num_free} free"
+                    f"sequence {seq_id!r} needs {needed} blocks for {num_tokens} tokens, "
+                    f"only {self.device.num_free} free"
                 )
             entry = self._records[seq_id] = SequenceKV(seq_id, "device", stay=self._new_stay(seq_id))
         elif entry.stay is None or entry.in_flight is not None:

@@ -186,7 +186,9 @@ class SwapManager:
     def swap_in(self, seq_id: Hashable, blocking: bool) -> None:
         entry = self.sequences.record(seq_id)
         if entry.location != "host" or entry.in_flight is not None:
-            raise ValueError(f"cannot swap in {seq_id!r}: location={entry.location}, copy in flight={entry.in_flight is not None}")
+            raise ValueError(
+                f"cannot swap in {seq_id!r}: location={entry.location}, copy in flight={entry.in_flight is not None}"
+            )
         device_blocks = self.sequences.enter_device(entry)
         host_blocks = self.host_copies.begin_swap_in(seq_id)
         job = self._job("in", host_blocks[: len(device_blocks)], device_blocks)

@@ -21,7 +21,8 @@ vllm_scheduler.py) ask this rule and nothing else; the estimates come from the s
 
 from __future__ import annotations
 
-from typing import Hashable, Protocol
+from collections.abc import Hashable
+from typing import Protocol
 
 STEP_TIME_WEIGHT = 0.2  # weight of the newest step in the step-time average: follows batch growth within a few steps
 

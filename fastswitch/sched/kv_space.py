@@ -14,7 +14,8 @@ A sequence's KV is in one of three places:
 
 from __future__ import annotations
 
-from typing import Hashable, Literal, Protocol
+from collections.abc import Hashable
+from typing import Literal, Protocol
 
 from fastswitch.sched.adaptive_swap import SwapEstimates
 

@@ -27,7 +27,7 @@ from fastswitch.sched.kv_space import KVSpace
 from fastswitch.sched.policies import claim_policy, make_policy, rank_key
 from fastswitch.sched.priority_patterns import PriorityUpdater
 from fastswitch.sched.priority_trace import PriorityTrace, TraceReader
-from fastswitch.sched.request import Request, RequestStatus, ScheduledChunk, SchedulerOutput
+from fastswitch.sched.request import Request, ScheduledChunk, SchedulerOutput
 
 
 class Scheduler:
@@ -62,16 +62,11 @@ class Scheduler:
         if request.seq_id in self.by_seq:
             raise ValueError(f"sequence {request.seq_id!r} already has a live request: wait for it to finish")
         cached = self.idle_contexts.pop(request.seq_id, 0)
-        location = self.kv.location(request.seq_id)
-        if location == "none":
+        if self.kv.location(request.seq_id) == "none":
             cached = 0
         # At least one token must run through the model to give the logits of the next one.
         request.num_computed_tokens = min(cached, request.num_prompt_tokens - 1)
-        request.status = {
-            "none": RequestStatus.WAITING,
-            "device": RequestStatus.RUNNING,
-            "host": RequestStatus.SWAPPED,
-        }[location]
+        request.kv = self.kv  # its status is read from where its KV lives
         self.policy.on_arrival(request, self.requests.values())
         self.requests[request.request_id] = request
         self.by_seq[request.seq_id] = request
@@ -140,7 +135,6 @@ class Scheduler:
             if location == "host":
                 blocking = self.swap_rule.wait_for_swap(seq_id, num_scheduled=len(out.chunks))
                 self.kv.swap_in(seq_id, blocking)
-                request.status = RequestStatus.RUNNING
                 request.swap_in_issued_at = now
                 out.swapped_in.append(request.request_id)
                 if not blocking:
@@ -148,13 +142,14 @@ class Scheduler:
             if request.first_scheduled_time is None:
                 request.first_scheduled_time = now
                 self.policy.on_first_admission(request)
-            request.status = RequestStatus.RUNNING
             out.chunks.append(self._chunk(request, num_new))
             budget -= num_new
         out.num_batched_tokens = self.config.max_num_batched_tokens - budget
         return out
 
-    def update(self, out: SchedulerOutput, sampled: list[int | None], now: float, swaps_done_at: float) -> list[Request]:
+    def update(
+        self, out: SchedulerOutput, sampled: list[int | None], now: float, swaps_done_at: float
+    ) -> list[Request]:
         """Applies one step's results; returns the requests that finished in it."""
         if len(sampled) != len(out.chunks):
             raise ValueError(f"got {len(sampled)} sampled tokens for a batch of {len(out.chunks)} chunks")
@@ -248,9 +243,8 @@ class Scheduler:
         # A request whose swap-in is still landing is left alone: its blocks free up soon enough
         # when it runs, and evicting it would throw the copy away.
         for request in reversed(order[index + 1 :]):
-            if request.status is RequestStatus.RUNNING and self.kv.is_ready(request.seq_id):
-                if self.kv.location(request.seq_id) == "device":
-                    return request
+            if self.kv.location(request.seq_id) == "device" and self.kv.is_ready(request.seq_id):
+                return request
         return None
 
     def _evict_idle_context(self, out: SchedulerOutput) -> bool:
@@ -269,13 +263,11 @@ class Scheduler:
         request.metrics.num_preemptions += 1
         request.swap_in_issued_at = None
         if self._swap_out(request.seq_id, request.num_computed_tokens):
-            request.status = RequestStatus.SWAPPED
             out.swapped_out.append(request.request_id)
             return
         # Recompute: drop the KV; the tokens generated so far are prefilled again with the prompt.
         self.kv.drop(request.seq_id)
         request.num_computed_tokens = 0
-        request.status = RequestStatus.WAITING
         out.recomputed.append(request.request_id)
 
     def _swap_out(self, seq_id: Hashable, num_tokens: int) -> bool:
@@ -315,7 +307,6 @@ class Scheduler:
         return None
 
     def _finish(self, request: Request, reason: str, now: float, keep_kv: bool) -> None:
-        request.status = RequestStatus.FINISHED
         request.finish_reason = reason
         request.metrics.finish_time = now
         del self.requests[request.request_id]

@@ -64,7 +64,7 @@ Choices where this library differs from vLLM 0.3.3, each documented:
 from __future__ import annotations
 
 from fastswitch.sched.kv_space import KVSpace
-from fastswitch.sched.request import Request, RequestStatus, SchedulerOutput
+from fastswitch.sched.request import Request, SchedulerOutput
 from fastswitch.sched.scheduler import Scheduler
 
 WATERMARK = 0.01  # BlockSpaceManager(watermark=0.01): device blocks kept free when admitting
@@ -228,7 +228,6 @@ class VllmScheduler(Scheduler):
 
     def _issue_swap_in(self, request: Request, blocking: bool, out: SchedulerOutput, now: float) -> None:
         self.kv.swap_in(request.seq_id, blocking)
-        request.status = RequestStatus.RUNNING
         request.swap_in_issued_at = now
         out.swapped_in.append(request.request_id)
 
@@ -236,5 +235,4 @@ class VllmScheduler(Scheduler):
         if request.first_scheduled_time is None:
             request.first_scheduled_time = now
             self.policy.on_first_admission(request)
-        request.status = RequestStatus.RUNNING
         out.chunks.append(self._chunk(request, num_new))

@@ -4,7 +4,7 @@ Random arrivals, conversation turns, priority changes, aborts, engine steps and 
 random order, on a device pool far too small for the load, in both scheduler modes, with and without
 conversation KV kept between turns. After every rule the block bookkeeping
 must balance (every allocated block belongs to a live sequence or to a copy still in flight) and
-every live request must be in exactly one place; at the end every request that was not aborted
+every live request must be the one live request of its sequence; at the end every request that was not aborted
 has exactly the output of an unconstrained run, and every block is free again.
 """
 
@@ -18,7 +18,6 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from fakes import make_engine, reference_output
 from fastswitch.config import EngineConfig
 from fastswitch.models.sampling import SamplingParams
-from fastswitch.sched.request import RequestStatus
 
 PROMPT = st.lists(st.integers(0, 96), min_size=1, max_size=30)
 
@@ -119,9 +118,6 @@ class EngineMachine(RuleBasedStateMachine):
     def live_requests_are_placed(self):
         scheduler = self.engine.scheduler
         for request in scheduler.requests.values():
-            location = self.engine.swap_manager.location(request.seq_id)
-            expected = {"none": RequestStatus.WAITING, "device": RequestStatus.RUNNING, "host": RequestStatus.SWAPPED}
-            assert request.status is expected[location]
             assert scheduler.by_seq[request.seq_id] is request
         assert len(scheduler.by_seq) == len(scheduler.requests)
 
