@@ -9,9 +9,10 @@ wait on. Implementations:
   the forward pass on the default stream.
 - the simulator's virtual-clock engine (fastswitch/sim), which prices a job from its calls and bytes.
 
-Both also estimate what a copy would take (`estimated_seconds`), so the scheduler can weigh waiting
-for a swap against the step it would otherwise lose: the simulator exactly from its cost model,
-`TorchCopyEngine` from the copies it has timed (`CopyTimeModel`).
+Both also estimate what a copy would take (`estimated_seconds`), which the swap manager turns into
+the estimate of a sequence's next swap for the adaptive wait-or-overlap rule (sched/adaptive_swap.py):
+the simulator exactly from its cost model, `TorchCopyEngine` from the copies it has timed
+(`CopyTimeModel`).
 
 A job's granularity follows the config: `per_layer=False` moves each (source run, destination run)
 pair in one call (block groups, block-major layout); `per_layer=True` issues one call per block per

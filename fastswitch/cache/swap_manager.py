@@ -89,7 +89,6 @@ class SwapManager:
         self.num_layers = num_layers
         self.block_bytes = block_bytes
         self.asynchronous = asynchronous
-        self.kv_reuse = kv_reuse
         self.per_layer = not device.block_groups  # vLLM's granularity: one call per block per layer per K/V
         self.clock = clock
         self.pack_min_runs = pack_min_runs

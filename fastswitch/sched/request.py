@@ -113,7 +113,9 @@ class ScheduledChunk:
 
 @dataclass
 class SchedulerOutput:
-    """What one step does, as data: the engine hands the moves to the swap manager, the batch to the executor."""
+    """What one step does, as data. The scheduler has issued the step's swaps and drops itself (through
+    its `KVSpace`, the swap manager) and lists them here by id; the engine hands the chunks to the
+    executor and feeds the sampled tokens back through `Scheduler.update`."""
 
     chunks: list[ScheduledChunk] = field(default_factory=list)
     swapped_out: list[str] = field(default_factory=list)  # request ids (or conversation ids for idle contexts)
