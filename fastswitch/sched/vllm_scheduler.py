@@ -56,9 +56,10 @@ Choices where this library differs from vLLM 0.3.3, each documented:
   `keep_turn_kv` off (the `vllm` preset) none of this arises: every turn prefills its whole
   history, as in vLLM 0.3.3.
 - Asynchronous swaps (FastSwitch, `async_swap`): the adaptive wait-or-overlap rule
-  (sched/adaptive_swap.py) applies as in the chunked scheduler. A slot that only copies in flight will free is waited for rather than
-  bought with another preemption, a swap-in that is overlapped runs from the step after its copy
-  lands, and a swapped request whose swap-out is still copying stops the swap-in walk.
+  (sched/adaptive_swap.py) applies as in the chunked scheduler. A slot that only copies in flight
+  will free is waited for rather than bought with another preemption, a swap-in that is overlapped
+  runs from the step after its copy lands, and a swapped request whose swap-out is still copying
+  stops the swap-in walk.
 """
 
 from __future__ import annotations
