@@ -13,7 +13,7 @@ so the two never mix.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, ValuesView
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,15 +39,6 @@ class SequenceTable:
         self.device = device
         self._records: dict[Hashable, SequenceKV] = {}
         self._epoch = 0
-
-    def __contains__(self, seq_id: Hashable) -> bool:
-        return seq_id in self._records
-
-    def records(self) -> ValuesView[SequenceKV]:
-        return self._records.values()
-
-    def get(self, seq_id: Hashable) -> SequenceKV | None:
-        return self._records.get(seq_id)
 
     def record(self, seq_id: Hashable) -> SequenceKV:
         entry = self._records.get(seq_id)

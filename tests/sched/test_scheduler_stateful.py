@@ -96,10 +96,13 @@ class EngineMachine(RuleBasedStateMachine):
 
     @invariant()
     def blocks_balance(self):
-        manager = self.engine.swap_manager
+        manager, scheduler = self.engine.swap_manager, self.engine.scheduler
         device, host = manager.device, manager.host
-        # Device: every allocated block belongs to a sequence's current stay or to a copy in flight.
-        owned = [e.stay for e in manager.sequences.records() if e.stay is not None]
+        # The sequences the scheduler knows: live requests and idle conversation contexts.
+        known = set(scheduler.by_seq) | set(scheduler.idle_contexts)
+        held = [seq_id for seq_id in known if manager.location(seq_id) != "none"]
+        # Device: every allocated block belongs to a known sequence's current stay or to a copy in flight.
+        owned = [manager.sequences.record(s).stay for s in held if manager.location(s) == "device"]
         owned += [k for p in manager._pending for k in p.free_device]
         assert len(owned) == len(set(owned))
         assert sorted(owned, key=repr) == sorted(device.seq_ids(), key=repr)
@@ -108,10 +111,10 @@ class EngineMachine(RuleBasedStateMachine):
         landing_drops = {p.seq_id for p in manager._pending if p.drop_host}
         for seq_id in host.seq_ids():
             assert seq_id in manager.host_copies
-            assert seq_id in manager.sequences or seq_id in landing_drops
-        for entry in manager.sequences.records():
-            if entry.location == "host":
-                assert manager.host_copies.record(entry.seq_id).phase in ("swapping_out", "swapped_out")
+            assert seq_id in held or seq_id in landing_drops
+        for seq_id in held:
+            if manager.location(seq_id) == "host":
+                assert manager.host_copies.record(seq_id).phase in ("swapping_out", "swapped_out")
         assert sum(host.num_blocks_of(k) for k in host.seq_ids()) + host.num_free == host.num_blocks
 
     @invariant()
