@@ -126,9 +126,6 @@ class SwapManager:
     def device_blocks_needed(self, seq_id: Hashable, num_tokens: int) -> int:
         return self.sequences.device_blocks_needed(seq_id, num_tokens)
 
-    def block_table(self, seq_id: Hashable) -> list[int]:
-        return self.sequences.block_table(seq_id)
-
     def estimated_swap_time(self, seq_id: Hashable) -> float | None:
         """Seconds the next swap of seq_id (out from the device, or in from the host) should take, by
         the copy engine's estimate; None while the copy engine has nothing to estimate from."""

@@ -2,8 +2,10 @@
 
 The scheduler never touches tensors. It asks this interface where a sequence's KV lives and how
 many device blocks a step would take, and it tells it which sequences to swap out, swap in or
-drop. `fastswitch.cache.swap_manager.SwapManager` implements it over the device and host block
-managers and a copy engine; the simulator keeps that implementation and only swaps the copy engine.
+drop. `fastswitch.cache.swap_manager.SwapManager` implements it over a `SequenceTable` (each
+sequence's place and device blocks), the host pool's `HostReuseTracker` and a copy engine; the
+simulator keeps that implementation and only swaps the copy engine. `location` is the one source of
+truth for residency: a request's status is read from it (sched/request.py).
 
 A sequence's KV is in one of three places:
 - "none": nothing cached (new, recomputed, or dropped);
