@@ -118,7 +118,7 @@ class SchedulerOutput:
     executor and feeds the sampled tokens back through `Scheduler.update`."""
 
     chunks: list[ScheduledChunk] = field(default_factory=list)
-    swapped_out: list[str] = field(default_factory=list)  # request ids (or conversation ids for idle contexts)
+    swapped_out: list[str] = field(default_factory=list)  # request ids (an idle context: its seq_id)
     swapped_in: list[str] = field(default_factory=list)
     recomputed: list[str] = field(default_factory=list)  # preempted by dropping their KV
     num_batched_tokens: int = 0
