@@ -83,9 +83,6 @@ class HostReuseTracker:
     def __contains__(self, seq_id: Hashable) -> bool:
         return seq_id in self._copies
 
-    def __len__(self) -> int:
-        return len(self._copies)
-
     def reusable_blocks(self, seq_id: Hashable) -> int:
         copy = self._copies.get(seq_id)
         return copy.num_valid_blocks if copy else 0
