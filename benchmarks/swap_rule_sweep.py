@@ -2,7 +2,7 @@
 
 With asynchronous swapping the scheduler waits for a swap in the same step (instead of overlapping
 it) when the copy's estimated time, times the requests of the batch that the wait holds up, is at
-most `sync_swap_fraction` of the recent step time (fastswitch/sched/scheduler.py). A fraction of 0
+most `sync_swap_fraction` of the recent step time (fastswitch/sched/adaptive_swap.py). A fraction of 0
 never waits; a large one always does. This runs the fastswitch preset of a named experiment at each
 fraction over several seeds (the vllm preset once per seed, as the baseline the ratios refer to) and
 prints tail TTFT/TBT, throughput and the executor's time waiting on swaps.

@@ -76,7 +76,7 @@ class EngineConfig:
     async_swap: bool = True
     kv_reuse: bool = True
 
-    # The adaptive sync/async swap rule (with async_swap; sched/scheduler.py): a swap whose estimated
+    # The adaptive sync/async swap rule (with async_swap; sched/adaptive_swap.py): a swap whose estimated
     # copy time, times the requests of the last batch (who all wait for it), is at most
     # sync_swap_fraction of the recent step time is waited for when the batch would otherwise
     # shrink; until copies and steps have been timed, one of at most adaptive_sync_blocks blocks is.

@@ -12,7 +12,8 @@ one contiguous byte range holding every layer's K and V, so a swap moves a run i
 from __future__ import annotations
 
 import bisect
-from typing import Iterable, Protocol
+from collections.abc import Iterable
+from typing import Protocol
 
 Run = tuple[int, int]  # (start, length): the blocks start, start + 1, ..., start + length - 1
 

@@ -7,7 +7,7 @@ starts a new group when the blocks behind it are taken; with `block_groups=False
 own group, as in vLLM 0.3.3.
 
 The same class manages the host (swap) pool too: one `BlockManager` per pool, keyed by whatever
-hashable id the caller uses (sequence ids on the device, conversation ids on the host).
+hashable key the caller uses (device stays, (seq_id, epoch), on the device; seq_id on the host).
 
 The block table and block count of each sequence are kept beside its groups and updated with them:
 the scheduler asks for both every step, and rebuilding them from the groups was most of a simulated
@@ -16,7 +16,7 @@ run's time in vLLM mode, where a table is a list of one-block groups.
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 from fastswitch.cache.allocator import BlockAllocator, BlockGroupAllocator, KVBlockAllocator, Run
 

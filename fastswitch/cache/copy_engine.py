@@ -9,9 +9,10 @@ wait on. Implementations:
   the forward pass on the default stream.
 - the simulator's virtual-clock engine (fastswitch/sim), which prices a job from its calls and bytes.
 
-Both also estimate what a copy would take (`estimated_seconds`), so the scheduler can weigh waiting
-for a swap against the step it would otherwise lose: the simulator exactly from its cost model,
-`TorchCopyEngine` from the copies it has timed (`CopyTimeModel`).
+Both also estimate what a copy would take (`estimated_seconds`), which the swap manager turns into
+the estimate of a sequence's next swap for the adaptive wait-or-overlap rule (sched/adaptive_swap.py):
+the simulator exactly from its cost model, `TorchCopyEngine` from the copies it has timed
+(`CopyTimeModel`).
 
 A job's granularity follows the config: `per_layer=False` moves each (source run, destination run)
 pair in one call (block groups, block-major layout); `per_layer=True` issues one call per block per
@@ -24,9 +25,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Literal, Protocol
+from typing import Literal, Protocol
 
 import torch
 
@@ -96,8 +98,9 @@ class CopyTimeModel:
     """Learns seconds = per_call * calls + per_byte * bytes from timed copies of one direction.
 
     An exponentially weighted least-squares fit (every copy's weight decays by 1 - `weight` per newer
-    copy, so the newest carries about a `weight` share of the fit), so the estimate follows a link whose speed drifts (a busy CPU, a shared PCIe switch). Thread-safe:
-    copies are timed on the copy worker while the scheduler reads estimates on the stepping thread.
+    copy, so the newest carries about a `weight` share of the fit), so the estimate follows a link
+    whose speed drifts (a busy CPU, a shared PCIe switch). Thread-safe: copies are timed on the copy
+    worker while the scheduler reads estimates on the stepping thread.
     """
 
     def __init__(self, weight: float = 0.2) -> None:
@@ -168,7 +171,7 @@ class _FutureHandle:
 class _EventHandle:
     """A copy on the side stream between two timing events; reports its duration once it is done."""
 
-    def __init__(self, start: "torch.cuda.Event", end: "torch.cuda.Event", on_done: Callable[[float], None]) -> None:
+    def __init__(self, start: torch.cuda.Event, end: torch.cuda.Event, on_done: Callable[[float], None]) -> None:
         self.start, self.end = start, end
         self._on_done: Callable[[float], None] | None = on_done
 
@@ -250,7 +253,8 @@ class TorchCopyEngine:
             src, dst = dst, src
         for pair in job.pairs:
             if not job.per_layer:
-                dst[pair.dst : pair.dst + pair.length].copy_(src[pair.src : pair.src + pair.length], non_blocking=non_blocking)
+                source = src[pair.src : pair.src + pair.length]
+                dst[pair.dst : pair.dst + pair.length].copy_(source, non_blocking=non_blocking)
                 continue
             for b in range(pair.length):
                 for layer in range(job.num_layers):
@@ -266,4 +270,5 @@ class TorchCopyEngine:
         if job.direction == "out":
             host_range.copy_(pack_blocks(device, job.device_runs, backend=backend), non_blocking=non_blocking)
         else:
-            unpack_blocks(host_range.to(device.device, non_blocking=non_blocking), device, job.device_runs, backend=backend)
+            staged = host_range.to(device.device, non_blocking=non_blocking)
+            unpack_blocks(staged, device, job.device_runs, backend=backend)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 
-from fastswitch.cache.allocator import Run
 from fastswitch.cache.block_manager import copy_runs
 
 KEY, VALUE = 0, 1  # index of K and V along dimension 2 of the cache
@@ -37,9 +36,10 @@ class KVCache:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if isinstance(dtype, str):
-            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            named = getattr(torch, dtype, None)
+            if not isinstance(named, torch.dtype):
                 raise ValueError(f"dtype={dtype!r} is not a torch dtype name")
-            dtype = getattr(torch, dtype)
+            dtype = named
         device = torch.device(device)
         if pin_memory and (device.type != "cpu" or not torch.cuda.is_available()):
             raise ValueError(
@@ -62,11 +62,11 @@ class KVCache:
         )
 
     @classmethod
-    def host_pool_for(cls, device_cache: "KVCache", num_blocks: int) -> "KVCache":
+    def host_pool_for(cls, device_cache: KVCache, num_blocks: int) -> KVCache:
         """The swap space of device_cache: same block shape and dtype, on the CPU, pinned if CUDA exists.
 
-        Its blocks are handed out by a separate `BlockManager` of num_blocks (keyed by conversation
-        id), which a `HostReuseTracker` owns so that it can evict spare host copies for room."""
+        Its blocks are handed out by a separate `BlockManager` of num_blocks (keyed by seq_id), which
+        a `HostReuseTracker` owns so that it can evict spare host copies for room."""
         return cls(
             num_blocks, device_cache.num_layers, device_cache.block_size, device_cache.num_kv_heads,
             device_cache.head_dim, device_cache.dtype, "cpu", pin_memory=torch.cuda.is_available(),
@@ -80,30 +80,21 @@ class KVCache:
         """Layer's V of every block: a strided view [num_blocks, block_size, Hkv, D]."""
         return self.data[:, self._check_layer(layer), VALUE]
 
-    def run(self, run: Run) -> torch.Tensor:
-        """The blocks of one run: a contiguous view [length, num_layers, 2, block_size, Hkv, D]."""
-        start, length = run
-        if length < 1 or start < 0 or start + length > self.num_blocks:
-            raise ValueError(f"run ({start}, {length}) is not a non-empty run inside 0..{self.num_blocks - 1}")
-        return self.data[start : start + length]
-
     def copy_blocks(self, src_blocks: list[int], dst_blocks: list[int]) -> None:
         """Copies block src_blocks[i] to dst_blocks[i] within this cache (all layers, K and V), one copy
         per run that is contiguous on both sides. The two lists must not share a block."""
         if set(src_blocks) & set(dst_blocks):
             raise ValueError("a block copy within one cache needs disjoint source and destination blocks")
+        for block in (*src_blocks, *dst_blocks):
+            if not 0 <= block < self.num_blocks:
+                raise ValueError(f"block {block} is outside 0..{self.num_blocks - 1}")
         for src, dst, length in copy_runs(src_blocks, dst_blocks):
-            self.run((dst, length)).copy_(self.run((src, length)))
+            self.data[dst : dst + length].copy_(self.data[src : src + length])
 
     @property
     def block_bytes(self) -> int:
         """Bytes of one block: all layers, K and V."""
         return self.data[0].numel() * self.data.element_size()
-
-    @property
-    def layer_block_bytes(self) -> int:
-        """Bytes of one block's K (or V) in one layer: the unit vLLM copies."""
-        return self.block_size * self.num_kv_heads * self.head_dim * self.data.element_size()
 
     @property
     def num_bytes(self) -> int:

@@ -1,4 +1,4 @@
-"""Host-copy reuse across swaps: which of a conversation's blocks the host already holds unchanged.
+"""Host-copy reuse across swaps: which of a sequence's blocks the host already holds unchanged.
 
 A conversation swapped out, resumed and preempted again would copy its whole context again, though
 the host still holds most of it. FastSwitch keeps the host copy after swap-in; a later swap-out then
@@ -6,32 +6,33 @@ copies only the blocks that are new since. A block is safe to reuse only once it
 are appended, never rewritten, so a full block's K/V never changes, while the last, partial block
 changes with every decoded token.
 
-`HostReuseTracker` is the single owner of the host pool's `BlockManager` (keyed by conversation id):
-every host allocation goes through it, so it can make room by evicting the least recently used host
-copies. It never evicts a copy that a swap in flight still reads or writes (pinned), nor one that is
-the only copy of a swapped-out conversation.
+`HostReuseTracker` is the single owner of the host pool's `BlockManager` (keyed by seq_id, a
+conversation's id for every turn of it): every host allocation goes through it, so it can make room
+by evicting the least recently used host copies. It never evicts a copy that a swap in flight still
+reads or writes (pinned), nor one that is the only copy of a swapped-out sequence. It is also the one
+place that says whether the host can take a swap-out (`can_begin_swap_out`).
 
-The swap manager's calls, per conversation:
+The swap manager's calls, per sequence:
 
-    plan = tracker.begin_swap_out(conv, num_blocks)   # phase swapping_out: pinned
+    tracker.can_begin_swap_out(seq, num_blocks)      # admission: fits in free + evictable blocks
+    plan = tracker.begin_swap_out(seq, num_blocks)   # phase swapping_out: pinned
     ... copy device_table[plan.first_block:] -> plan.host_blocks (copy_runs pairs them) ...
-    tracker.finish_swap_out(conv, num_full_blocks)     # swapped_out: the host holds the only copy
-    host_blocks = tracker.begin_swap_in(conv)          # swapping_in: pinned; its blocks in logical order
+    tracker.finish_swap_out(seq, num_full_blocks)    # swapped_out: the host holds the only copy
+    host_blocks = tracker.begin_swap_in(seq)         # swapping_in: pinned; its blocks in logical order
     ... copy host_blocks -> the new device blocks ...
-    tracker.finish_swap_in(conv)                       # resident: full blocks kept for reuse, LRU-evictable
-    tracker.invalidate(conv, from_block)               # its tokens from that block on changed
-    tracker.drop(conv)                                 # forget it and free its host blocks
+    tracker.finish_swap_in(seq)                      # resident: full blocks kept for reuse, LRU-evictable
+    tracker.drop(seq)                                # forget it and free its host blocks
 
-Reuse assumes the conversation's tokens before `first_block` are the ones the host copy was made
-from: the caller invalidates when they change (a recomputed or edited context) and drops a copy it
-will not resume (a finished conversation).
+Reuse assumes the sequence's tokens before `first_block` are the ones the host copy was made from:
+tokens are only appended while a sequence lives, and the swap manager drops the copy of a sequence
+whose KV it forgets (a finished, aborted or recomputed one).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Hashable
 
 from fastswitch.cache.block_manager import BlockManager
 
@@ -40,10 +41,10 @@ SWAPPING_OUT, SWAPPED_OUT, SWAPPING_IN, RESIDENT = "swapping_out", "swapped_out"
 
 @dataclass
 class HostCopy:
-    """The host's copy of one conversation's KV; its blocks are `host.block_table(conv_id)`."""
+    """The host's copy of one sequence's KV; its blocks are `host.block_table(seq_id)`."""
 
-    conv_id: Hashable
-    num_valid_blocks: int = 0  # leading host blocks equal to the conversation's blocks, reusable
+    seq_id: Hashable
+    num_valid_blocks: int = 0  # leading host blocks equal to the sequence's blocks, reusable
     # "swapping_out" / "swapping_in": a copy in flight writes / reads these host blocks (pinned);
     # "swapped_out": the host holds the only copy; "resident": a spare copy that LRU may evict.
     phase: str = RESIDENT
@@ -59,9 +60,9 @@ class HostCopy:
 
 @dataclass
 class SwapOutPlan:
-    """What a swap-out must copy: the conversation's logical blocks first_block.. into host_blocks."""
+    """What a swap-out must copy: the sequence's logical blocks first_block.. into host_blocks."""
 
-    conv_id: Hashable
+    seq_id: Hashable
     first_block: int  # blocks before this one are on the host already (reused, not copied)
     host_blocks: list[int]  # destination of logical blocks first_block, first_block + 1, ...
     evicted: list[Hashable] = field(default_factory=list)  # host copies dropped to make room
@@ -75,135 +76,103 @@ class HostReuseTracker:
         self.host = host
         self.keep_after_swap_in = keep_after_swap_in
         self._copies: OrderedDict[Hashable, HostCopy] = OrderedDict()  # least recently used first
-        self.blocks_reused = 0  # blocks a swap-out did not copy because the host held them
-        self.blocks_evicted = 0
-        self.evictions = 0
 
-    def record(self, conv_id: Hashable) -> HostCopy | None:
-        return self._copies.get(conv_id)
+    def record(self, seq_id: Hashable) -> HostCopy | None:
+        return self._copies.get(seq_id)
 
-    def __contains__(self, conv_id: Hashable) -> bool:
-        return conv_id in self._copies
+    def __contains__(self, seq_id: Hashable) -> bool:
+        return seq_id in self._copies
 
-    def __len__(self) -> int:
-        return len(self._copies)
-
-    def reusable_blocks(self, conv_id: Hashable) -> int:
-        copy = self._copies.get(conv_id)
+    def reusable_blocks(self, seq_id: Hashable) -> int:
+        copy = self._copies.get(seq_id)
         return copy.num_valid_blocks if copy else 0
 
     def evictable_blocks(self, keep: Hashable | None = None) -> int:
         """Host blocks that eviction could free (resident copies: not in flight, not swapped out), except keep's."""
-        return sum(self.host.num_blocks_of(c.conv_id) for c in self._evictable() if c.conv_id != keep)
+        return sum(self.host.num_blocks_of(c.seq_id) for c in self._evictable() if c.seq_id != keep)
 
-    def can_begin_swap_out(self, conv_id: Hashable, num_blocks: int) -> bool:
-        """Whether begin_swap_out(conv_id, num_blocks) would succeed now (evicting as needed)."""
-        copy = self._copies.get(conv_id)
-        if copy and not copy.evictable:
+    def can_begin_swap_out(self, seq_id: Hashable, num_blocks: int) -> bool:
+        """The swap-out admission rule: no swap of seq_id is in flight, it is not swapped out already,
+        and its new blocks fit in the free host blocks plus those that evicting other sequences' spare
+        copies would free (begin_swap_out(seq_id, num_blocks) succeeds exactly when this holds)."""
+        copy = self._copies.get(seq_id)
+        if copy is not None and not copy.evictable:
             return False
-        return self._host_shortfall(conv_id, num_blocks) <= self.evictable_blocks(keep=conv_id)
+        return self._host_shortfall(seq_id, num_blocks) <= self.evictable_blocks(keep=seq_id)
 
-    def begin_swap_out(self, conv_id: Hashable, num_blocks: int) -> SwapOutPlan:
+    def begin_swap_out(self, seq_id: Hashable, num_blocks: int) -> SwapOutPlan:
         """Reserves host blocks for a swap-out of num_blocks blocks and pins them.
 
         Reuses the leading valid blocks already on the host, frees any stale ones after them, and
         evicts least recently used copies when the host pool is short. Raises ValueError, changing
-        nothing, when the conversation has a swap in flight, is swapped out already, or the host
-        pool cannot hold it even after eviction.
+        nothing, when can_begin_swap_out does not hold.
         """
         if not isinstance(num_blocks, int) or num_blocks < 0:
             raise ValueError(f"num_blocks={num_blocks!r} must be a non-negative integer")
-        copy = self._copies.get(conv_id)
-        if copy and not copy.evictable:
-            raise ValueError(f"conversation {conv_id!r} cannot swap out: it is {copy.phase.replace('_', ' ')}")
-        reused = min(self.reusable_blocks(conv_id), num_blocks)
-        short = self._host_shortfall(conv_id, num_blocks)
-        if short > self.evictable_blocks(keep=conv_id):
+        copy = self._copies.get(seq_id)
+        reused = min(self.reusable_blocks(seq_id), num_blocks)
+        short = self._host_shortfall(seq_id, num_blocks)
+        if not self.can_begin_swap_out(seq_id, num_blocks):
+            if copy is not None and not copy.evictable:
+                raise ValueError(f"sequence {seq_id!r} cannot swap out: it is {copy.phase.replace('_', ' ')}")
             raise ValueError(
-                f"host pool cannot hold conversation {conv_id!r}: it needs {num_blocks - reused} new blocks, "
+                f"host pool cannot hold sequence {seq_id!r}: it needs {num_blocks - reused} new blocks, "
                 f"num_free={num_blocks - reused - short} of {self.host.num_blocks} (counting its stale blocks) "
-                f"and {self.evictable_blocks(keep=conv_id)} more could be evicted"
+                f"and {self.evictable_blocks(keep=seq_id)} more could be evicted"
             )
         if copy is None:
-            copy = self._copies[conv_id] = HostCopy(conv_id)
-        if self.host.has(conv_id):
-            self.host.truncate(conv_id, reused)
-        evicted = self._evict(short, keep=conv_id) if short > 0 else []
-        self.host.ensure_capacity(conv_id, num_blocks * self.host.block_size)
+            copy = self._copies[seq_id] = HostCopy(seq_id)
+        if self.host.has(seq_id):
+            self.host.truncate(seq_id, reused)
+        evicted = self._evict(short, keep=seq_id) if short > 0 else []
+        self.host.ensure_capacity(seq_id, num_blocks * self.host.block_size)
         copy.num_valid_blocks = reused
         copy.phase = SWAPPING_OUT
-        self._copies.move_to_end(conv_id)
-        self.blocks_reused += reused
-        return SwapOutPlan(conv_id, reused, self.host.block_table(conv_id)[reused:], evicted)
+        self._copies.move_to_end(seq_id)
+        return SwapOutPlan(seq_id, reused, self.host.block_table(seq_id)[reused:], evicted)
 
-    def finish_swap_out(self, conv_id: Hashable, num_full_blocks: int) -> None:
+    def finish_swap_out(self, seq_id: Hashable, num_full_blocks: int) -> None:
         """The swap-out's copies completed; num_full_blocks of its blocks are full (reusable later)."""
-        copy = self._in_phase(conv_id, SWAPPING_OUT)
-        held = self.host.num_blocks_of(conv_id)
+        copy = self._in_phase(seq_id, SWAPPING_OUT)
+        held = self.host.num_blocks_of(seq_id)
         if not isinstance(num_full_blocks, int) or not 0 <= num_full_blocks <= held:
-            raise ValueError(f"num_full_blocks={num_full_blocks!r} must lie in 0..{held} for {conv_id!r}")
+            raise ValueError(f"num_full_blocks={num_full_blocks!r} must lie in 0..{held} for {seq_id!r}")
         copy.phase = SWAPPED_OUT
         copy.num_valid_blocks = num_full_blocks
 
-    def begin_swap_in(self, conv_id: Hashable) -> list[int]:
-        """Pins a swapped-out conversation's host copy for reading; returns its host block table."""
-        copy = self._in_phase(conv_id, SWAPPED_OUT)
+    def begin_swap_in(self, seq_id: Hashable) -> list[int]:
+        """Pins a swapped-out sequence's host copy for reading; returns its host block table."""
+        copy = self._in_phase(seq_id, SWAPPED_OUT)
         copy.phase = SWAPPING_IN
-        self._copies.move_to_end(conv_id)
-        return self.host.block_table(conv_id)
+        self._copies.move_to_end(seq_id)
+        return self.host.block_table(seq_id)
 
-    def finish_swap_in(self, conv_id: Hashable) -> None:
+    def finish_swap_in(self, seq_id: Hashable) -> None:
         """The swap-in's copies completed: keep the full blocks as a reusable (evictable) copy."""
-        copy = self._in_phase(conv_id, SWAPPING_IN)
+        copy = self._in_phase(seq_id, SWAPPING_IN)
         copy.phase = RESIDENT
         if not self.keep_after_swap_in or copy.num_valid_blocks == 0:
-            self.drop(conv_id)
+            self.drop(seq_id)
             return
         # The partial last block changes with the next decoded token: only full blocks stay valid.
-        self.host.truncate(conv_id, copy.num_valid_blocks)
+        self.host.truncate(seq_id, copy.num_valid_blocks)
 
-    def invalidate(self, conv_id: Hashable, from_block: int = 0) -> None:
-        """The conversation's blocks from from_block on changed (e.g. recomputed or edited)."""
-        copy = self._copies.get(conv_id)
-        if copy is None:
-            return
-        if not copy.evictable:
-            raise ValueError(f"cannot invalidate conversation {conv_id!r}: its host copy is in use ({copy.phase})")
-        if not isinstance(from_block, int) or from_block < 0:
-            raise ValueError(f"from_block={from_block!r} must be a non-negative integer")
-        if from_block == 0:
-            self.drop(conv_id)
-            return
-        copy.num_valid_blocks = min(copy.num_valid_blocks, from_block)
-        self.host.truncate(conv_id, copy.num_valid_blocks)
-
-    def drop(self, conv_id: Hashable) -> None:
-        """Forgets the conversation's host copy and frees its blocks (also a swapped-out sole copy,
+    def drop(self, seq_id: Hashable) -> None:
+        """Forgets the sequence's host copy and frees its blocks (also a swapped-out sole copy,
         e.g. for an aborted request); raises while a swap of it is in flight."""
-        copy = self._copies.get(conv_id)
+        copy = self._copies.get(seq_id)
         if copy is None:
             return
         if copy.in_flight:
-            raise ValueError(f"cannot drop conversation {conv_id!r}: a swap of it is in flight ({copy.phase})")
-        del self._copies[conv_id]
-        if self.host.has(conv_id):
-            self.host.free(conv_id)
+            raise ValueError(f"cannot drop sequence {seq_id!r}: a swap of it is in flight ({copy.phase})")
+        del self._copies[seq_id]
+        if self.host.has(seq_id):
+            self.host.free(seq_id)
 
-    def make_room(self, num_blocks: int) -> list[Hashable]:
-        """Evicts least recently used copies until num_blocks host blocks are free; returns them.
-        Raises ValueError, changing nothing, when eviction cannot free enough."""
-        short = num_blocks - self.host.num_free
-        if short > self.evictable_blocks():
-            raise ValueError(
-                f"cannot free num_blocks={num_blocks} host blocks: num_free={self.host.num_free}, "
-                f"evictable={self.evictable_blocks()}"
-            )
-        return self._evict(short) if short > 0 else []
-
-    def _host_shortfall(self, conv_id: Hashable, num_blocks: int) -> int:
-        """Host blocks that must be evicted before conv_id can hold num_blocks (<= 0: none)."""
-        reused = min(self.reusable_blocks(conv_id), num_blocks)
-        held = self.host.num_blocks_of(conv_id) if self.host.has(conv_id) else 0
+    def _host_shortfall(self, seq_id: Hashable, num_blocks: int) -> int:
+        """Host blocks that must be evicted before seq_id can hold num_blocks (<= 0: none)."""
+        reused = min(self.reusable_blocks(seq_id), num_blocks)
+        held = self.host.num_blocks_of(seq_id) if self.host.has(seq_id) else 0
         # Its blocks after the reused ones are stale and are freed first.
         return (num_blocks - reused) - (self.host.num_free + held - reused)
 
@@ -212,22 +181,20 @@ class HostReuseTracker:
         for copy in list(self._evictable()):
             if num_blocks <= 0:
                 break
-            if copy.conv_id == keep:
+            if copy.seq_id == keep:
                 continue
-            freed = self.host.num_blocks_of(copy.conv_id)
-            self.drop(copy.conv_id)
-            evicted.append(copy.conv_id)
+            freed = self.host.num_blocks_of(copy.seq_id)
+            self.drop(copy.seq_id)
+            evicted.append(copy.seq_id)
             num_blocks -= freed
-            self.blocks_evicted += freed
-            self.evictions += 1
         return evicted
 
     def _evictable(self):
         return (c for c in self._copies.values() if c.evictable)
 
-    def _in_phase(self, conv_id: Hashable, phase: str) -> HostCopy:
-        copy = self._copies.get(conv_id)
+    def _in_phase(self, seq_id: Hashable, phase: str) -> HostCopy:
+        copy = self._copies.get(seq_id)
         if copy is None or copy.phase != phase:
             now = copy.phase if copy else "not on the host"
-            raise ValueError(f"conversation {conv_id!r} is {now}, not {phase}")
+            raise ValueError(f"sequence {seq_id!r} is {now}, not {phase}")
         return copy

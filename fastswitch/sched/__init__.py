@@ -1,7 +1,8 @@
 """Scheduling: requests and conversations, policies (fcfs, priority, vtc, mlfq), priority patterns and
-traces, the preemptive scheduler in two modes (chunked, vllm-0.3.3) and run metrics. Nothing here
-touches tensors: the scheduler decides, and the swap manager (fastswitch/cache) and the executor
-(fastswitch/engine.py) act."""
+traces, the preemptive scheduler in two modes (chunked, vllm-0.3.3), the adaptive wait-or-overlap
+rule for asynchronous swaps (adaptive_swap.py) and run metrics. Nothing here touches tensors: the
+scheduler decides and issues its swaps through the `KVSpace` seam (kv_space.py), which the swap
+manager (fastswitch/cache) implements; the executor (fastswitch/engine.py) runs the batch."""
 
 from fastswitch.sched.conversation import Conversation
 from fastswitch.sched.kv_space import KVSpace

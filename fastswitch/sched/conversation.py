@@ -1,7 +1,7 @@
 """A multi-turn conversation: turns that append to one KV context.
 
 Every turn is a request whose prompt is the whole conversation so far (earlier prompts and answers)
-plus the new message, with the conversation's id as its KV sequence id and `keep_kv=True`. When a
+plus the new message, with the conversation's `seq_id` as its KV sequence id and `keep_kv=True`. When a
 turn finishes its KV stays behind (on the device until memory is needed, then swapped to the host
 or dropped), so the next turn computes only its new tokens, and with `kv_reuse` a context that is
 swapped out again copies only the blocks added since its host copy was made.
@@ -11,14 +11,17 @@ The handle talks to anything with the engine's `add_request`, `abort` and `relea
 
 from __future__ import annotations
 
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 
 class Conversation:
-    def __init__(self, engine: Any, conversation_id: Hashable, client_id: Hashable = None, priority: int = 0) -> None:
+    def __init__(self, engine: Any, seq_id: Hashable, client_id: Hashable = None, priority: int = 0) -> None:
+        """seq_id: the conversation's KV sequence id, shared by all its turns (and its client id
+        unless client_id is given)."""
         self.engine = engine
-        self.conversation_id = conversation_id
-        self.client_id = conversation_id if client_id is None else client_id
+        self.seq_id = seq_id
+        self.client_id = seq_id if client_id is None else client_id
         self.priority = priority
         self.turns: list = []  # the RequestOutput of every turn, in order
         self.closed = False
@@ -45,10 +48,10 @@ class Conversation:
     ):
         """Queues the next turn (new_token_ids appended to the context); returns its RequestOutput."""
         if self.closed:
-            raise ValueError(f"conversation {self.conversation_id!r} is closed")
+            raise ValueError(f"conversation {self.seq_id!r} is closed")
         if self.busy:
             raise ValueError(
-                f"conversation {self.conversation_id!r} is still answering turn {len(self.turns)}; "
+                f"conversation {self.seq_id!r} is still answering turn {len(self.turns)}; "
                 "step the engine until it finishes"
             )
         if not new_token_ids:
@@ -59,7 +62,7 @@ class Conversation:
             priority=self.priority if priority is None else priority,
             client_id=self.client_id,
             prompt=prompt,
-            seq_id=self.conversation_id,
+            seq_id=self.seq_id,
             keep_kv=True,
             request_id=request_id,
         )
@@ -72,5 +75,5 @@ class Conversation:
             return
         if self.busy:
             self.engine.abort(self.turns[-1].request_id)
-        self.engine.release_context(self.conversation_id)
+        self.engine.release_context(self.seq_id)
         self.closed = True

@@ -2,8 +2,10 @@
 
 The scheduler never touches tensors. It asks this interface where a sequence's KV lives and how
 many device blocks a step would take, and it tells it which sequences to swap out, swap in or
-drop. `fastswitch.cache.swap_manager.SwapManager` implements it over the device and host block
-managers and a copy engine; the simulator keeps that implementation and only swaps the copy engine.
+drop. `fastswitch.cache.swap_manager.SwapManager` implements it over a `SequenceTable` (each
+sequence's place and device blocks), the host pool's `HostReuseTracker` and a copy engine; the
+simulator keeps that implementation and only swaps the copy engine. `location` is the one source of
+truth for residency: a request's status is read from it (sched/request.py).
 
 A sequence's KV is in one of three places:
 - "none": nothing cached (new, recomputed, or dropped);
@@ -14,36 +16,27 @@ A sequence's KV is in one of three places:
 
 from __future__ import annotations
 
-from typing import Hashable, Literal, Protocol
+from collections.abc import Hashable
+from typing import Literal, Protocol
+
+from fastswitch.sched.adaptive_swap import SwapEstimates
 
 KVLocation = Literal["none", "device", "host"]
 
 
-class KVSpace(Protocol):
-    block_size: int
-    asynchronous: bool  # swaps may complete after the step that issued them
+class KVSpace(SwapEstimates, Protocol):
+    """Adds to what the adaptive swap rule reads (free and pending device blocks, sizes and estimated
+    times of swaps, whether swaps are asynchronous) what the scheduler reads and does."""
 
-    @property
-    def num_free_device_blocks(self) -> int: ...
+    block_size: int
 
     @property
     def num_device_blocks(self) -> int: ...
-
-    @property
-    def num_pending_free_blocks(self) -> int:
-        """Device blocks that in-flight swap-outs free when their copies complete."""
 
     def location(self, seq_id: Hashable) -> KVLocation: ...
 
     def is_ready(self, seq_id: Hashable) -> bool:
         """True when seq_id's KV is on the device and no copy into it is in flight."""
-
-    def num_blocks_of(self, seq_id: Hashable) -> int:
-        """Blocks seq_id holds where its KV lives (the size of its next swap)."""
-
-    def estimated_swap_time(self, seq_id: Hashable) -> float | None:
-        """Seconds seq_id's next swap (out from the device, in from the host) should take; None when
-        nothing is known yet about the copy speed."""
 
     def device_blocks_needed(self, seq_id: Hashable, num_tokens: int) -> int:
         """New device blocks for seq_id to hold num_tokens tokens, wherever its KV is now."""

@@ -5,6 +5,9 @@ new user message) and the tokens sampled for it. `seq_id` names its KV cache: fo
 is the request id; every turn of a conversation shares the conversation's id, so a new turn appends
 to the KV that the previous turns left behind instead of computing the context again.
 
+Its status is read, never stored: where its KV lives is the swap manager's to say (`KVSpace.location`,
+the one source of truth for residency), and a request is finished once it has a finish reason.
+
 `num_computed_tokens` counts the leading tokens whose K/V exist (on the device or, while swapped,
 on the host). Preemption by swap keeps it; preemption by recompute resets it to 0, and the request
 is prefilled again from its prompt plus the tokens it already generated, which for greedy decoding
@@ -14,10 +17,12 @@ gives back exactly the same continuation.
 from __future__ import annotations
 
 import enum
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any, Hashable
+from typing import Any
 
 from fastswitch.outputs import RequestMetrics
+from fastswitch.sched.kv_space import KVSpace
 
 
 class RequestStatus(enum.Enum):
@@ -25,6 +30,9 @@ class RequestStatus(enum.Enum):
     RUNNING = "running"  # KV on the device (or being swapped in); schedulable when ready
     SWAPPED = "swapped"  # KV on the host (or being swapped out)
     FINISHED = "finished"
+
+
+STATUS_OF_LOCATION = {"none": RequestStatus.WAITING, "device": RequestStatus.RUNNING, "host": RequestStatus.SWAPPED}
 
 
 @dataclass
@@ -39,7 +47,6 @@ class Request:
     eos_token_ids: tuple[int, ...] = ()
     prompt: str | None = None
     keep_kv: bool = False  # a conversation turn: leave the KV behind for the next turn
-    status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     finish_reason: str | None = None
@@ -51,6 +58,7 @@ class Request:
     prompt_logprobs: list | None = None  # per prompt token (None first), when params.prompt_logprobs is set
     stop_strings: Any = None  # a StopStringMatcher when params.stop is set (and text can be decoded)
     num_forks: int = 0  # further samples (params.n - 1) forked from this one when its prefill ends
+    kv: KVSpace | None = field(default=None, repr=False, compare=False)  # set by Scheduler.add_request
 
     def __post_init__(self) -> None:
         if self.seq_id is None:
@@ -72,8 +80,17 @@ class Request:
         return self.num_tokens - self.num_computed_tokens
 
     @property
+    def status(self) -> RequestStatus:
+        """FINISHED once it has a finish reason; else where its KV lives, as the scheduler's KV space says."""
+        if self.finish_reason is not None:
+            return RequestStatus.FINISHED
+        if self.kv is None:
+            return RequestStatus.WAITING  # not added to a scheduler yet
+        return STATUS_OF_LOCATION[self.kv.location(self.seq_id)]
+
+    @property
     def is_finished(self) -> bool:
-        return self.status is RequestStatus.FINISHED
+        return self.finish_reason is not None
 
     def token_slice(self, start: int, stop: int) -> list[int]:
         prompt_len = len(self.prompt_token_ids)
@@ -81,9 +98,6 @@ class Request:
             return self.prompt_token_ids[start:stop]
         head = self.prompt_token_ids[start:] if start < prompt_len else []
         return head + self.output_token_ids[max(0, start - prompt_len) : stop - prompt_len]
-
-    def all_token_ids(self) -> list[int]:
-        return self.prompt_token_ids + self.output_token_ids
 
 
 @dataclass
@@ -99,11 +113,12 @@ class ScheduledChunk:
 
 @dataclass
 class SchedulerOutput:
-    """What one step does, as data: the batch the engine hands to the executor, and a record of the
-    swaps and drops the scheduler already issued through the swap manager to make room for it."""
+    """What one step does, as data. The scheduler has issued the step's swaps and drops itself (through
+    its `KVSpace`, the swap manager) and lists them here by id; the engine hands the chunks to the
+    executor and feeds the sampled tokens back through `Scheduler.update`."""
 
     chunks: list[ScheduledChunk] = field(default_factory=list)
-    swapped_out: list[str] = field(default_factory=list)  # request ids (or conversation ids for idle contexts)
+    swapped_out: list[str] = field(default_factory=list)  # request ids (an idle context: its seq_id)
     swapped_in: list[str] = field(default_factory=list)
     recomputed: list[str] = field(default_factory=list)  # preempted by dropping their KV
     num_batched_tokens: int = 0

@@ -7,17 +7,9 @@ them, in this order, from idle conversation contexts (KV kept between turns) and
 requests ranked lowest after it: by swapping their KV to the host (`preemption_mode="swap"`, when the
 host has room) or by dropping it to recompute later. Swapped requests come back by swap-in.
 
-With asynchronous swapping a swap-out frees its device blocks only when its copy completes and a
-swapped-in request runs only once its copy has landed. The adaptive rule of the paper: a swap is
-waited for in the same step when that is cheap and the batch would otherwise shrink (the request it
-makes room for, or the request it brings back, would sit the step out). Cheap is a matter of time
-weighed by who pays it: waiting holds up every request of the batch for the copy's duration, while
-overlapping costs the one request a whole step. So a swap is waited for when the copy engine's
-estimate of the copy, times the requests the wait holds up (the last batch), is at most
-`sync_swap_fraction` of the recent step time (an exponential average of the executor's step
-durations). Until both are known (no copy or no step timed yet) a swap of at most
-`adaptive_sync_blocks` blocks counts as cheap. Otherwise a request that will get its blocks from
-copies already in flight waits for them rather than evicting more.
+With asynchronous swapping, whether a swap is waited for in the same step or overlapped with the
+next ones is the paper's adaptive rule, asked of `AdaptiveSwapRule` (sched/adaptive_swap.py), which
+also says when a request waits for blocks that copies in flight will free rather than evict more.
 
 The output is data (SchedulerOutput); `update` feeds the sampled tokens back.
 
@@ -30,13 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+from fastswitch.sched.adaptive_swap import AdaptiveSwapRule
 from fastswitch.sched.kv_space import KVSpace
 from fastswitch.sched.policies import claim_policy, make_policy, rank_key
 from fastswitch.sched.priority_patterns import PriorityUpdater
 from fastswitch.sched.priority_trace import PriorityTrace, TraceReader
-from fastswitch.sched.request import Request, RequestStatus, ScheduledChunk, SchedulerOutput
-
-STEP_TIME_WEIGHT = 0.2  # weight of the newest step in the step-time average: follows batch growth within a few steps
+from fastswitch.sched.request import Request, ScheduledChunk, SchedulerOutput
 
 
 class Scheduler:
@@ -45,9 +36,7 @@ class Scheduler:
         self.config = config
         self.kv = kv
         self.max_seq_len = min(max_seq_len, kv.num_device_blocks * kv.block_size)
-        self.adaptive_sync_blocks = config.adaptive_sync_blocks
-        self.sync_swap_fraction = config.sync_swap_fraction
-        self.step_time: float | None = None  # exponential average of executor step durations (s)
+        self.swap_rule = AdaptiveSwapRule(kv, config.sync_swap_fraction, config.adaptive_sync_blocks)
         self.policy = claim_policy(make_policy(config.policy, config.vtc_input_weight, config.vtc_output_weight), self)
         self.rank = rank_key(self.policy)
         self.priority_updater = PriorityUpdater(
@@ -57,7 +46,6 @@ class Scheduler:
         self.by_seq: dict[Hashable, Request] = {}
         self.idle_contexts: dict[Hashable, int] = {}  # conversation KV between turns -> cached tokens, LRU order
         self.priority_trace: TraceReader | None = None  # set by use_priority_trace
-        self.last_batch_size = 0
 
     # ---- arrivals and departures -------------------------------------------------------------
 
@@ -69,16 +57,11 @@ class Scheduler:
         if request.seq_id in self.by_seq:
             raise ValueError(f"sequence {request.seq_id!r} already has a live request: wait for it to finish")
         cached = self.idle_contexts.pop(request.seq_id, 0)
-        location = self.kv.location(request.seq_id)
-        if location == "none":
+        if self.kv.location(request.seq_id) == "none":
             cached = 0
         # At least one token must run through the model to give the logits of the next one.
         request.num_computed_tokens = min(cached, request.num_prompt_tokens - 1)
-        request.status = {
-            "none": RequestStatus.WAITING,
-            "device": RequestStatus.RUNNING,
-            "host": RequestStatus.SWAPPED,
-        }[location]
+        request.kv = self.kv  # its status is read from where its KV lives
         self.policy.on_arrival(request, self.requests.values())
         self.requests[request.request_id] = request
         self.by_seq[request.seq_id] = request
@@ -145,10 +128,8 @@ class Scheduler:
                 blocked = True
                 continue
             if location == "host":
-                shrinks = len(out.chunks) < self.last_batch_size
-                blocking = not self.kv.asynchronous or (shrinks and self._cheap_to_wait_for(seq_id))
+                blocking = self.swap_rule.wait_for_swap(seq_id, num_scheduled=len(out.chunks))
                 self.kv.swap_in(seq_id, blocking)
-                request.status = RequestStatus.RUNNING
                 request.swap_in_issued_at = now
                 out.swapped_in.append(request.request_id)
                 if not blocking:
@@ -156,13 +137,14 @@ class Scheduler:
             if request.first_scheduled_time is None:
                 request.first_scheduled_time = now
                 self.policy.on_first_admission(request)
-            request.status = RequestStatus.RUNNING
             out.chunks.append(self._chunk(request, num_new))
             budget -= num_new
         out.num_batched_tokens = self.config.max_num_batched_tokens - budget
         return out
 
-    def update(self, out: SchedulerOutput, sampled: list[int | None], now: float, swaps_done_at: float) -> list[Request]:
+    def update(
+        self, out: SchedulerOutput, sampled: list[int | None], now: float, swaps_done_at: float
+    ) -> list[Request]:
         """Applies one step's results; returns the requests that finished in it."""
         if len(sampled) != len(out.chunks):
             raise ValueError(f"got {len(sampled)} sampled tokens for a batch of {len(out.chunks)} chunks")
@@ -183,9 +165,8 @@ class Scheduler:
                 raise ValueError(f"request {request.request_id!r} expected a sampled token, got None")
             if self._accept_token(request, token, now):
                 finished.append(request)
-        self.last_batch_size = len(out.chunks)
-        step = now - swaps_done_at  # the executor's run alone: waits on swaps came before swaps_done_at
-        self.step_time = step if self.step_time is None else self.step_time + STEP_TIME_WEIGHT * (step - self.step_time)
+        # The executor's run alone: waits on swaps came before swaps_done_at.
+        self.swap_rule.observe_step(len(out.chunks), now - swaps_done_at)
         return finished
 
     def start_forked(self, request: Request, token: int, num_computed: int, now: float) -> bool:
@@ -244,8 +225,8 @@ class Scheduler:
     def _make_room(self, need: int, order: list[Request], index: int, out: SchedulerOutput, now: float) -> bool:
         """Frees `need` device blocks for order[index], preempting what ranks below it; False: it waits."""
         while self.kv.num_free_device_blocks < need:
-            if self.kv.num_free_device_blocks + self.kv.num_pending_free_blocks >= need:
-                return False  # copies in flight will free enough: wait rather than evict more
+            if self.swap_rule.in_flight_frees_enough(need):
+                return False  # wait for the copies rather than evict more
             if not self._evict_idle_context(out):
                 victim = self._lowest_ranked_resident(order, index)
                 if victim is None:
@@ -257,9 +238,8 @@ class Scheduler:
         # A request whose swap-in is still landing is left alone: its blocks free up soon enough
         # when it runs, and evicting it would throw the copy away.
         for request in reversed(order[index + 1 :]):
-            if request.status is RequestStatus.RUNNING and self.kv.is_ready(request.seq_id):
-                if self.kv.location(request.seq_id) == "device":
-                    return request
+            if self.kv.location(request.seq_id) == "device" and self.kv.is_ready(request.seq_id):
+                return request
         return None
 
     def _evict_idle_context(self, out: SchedulerOutput) -> bool:
@@ -278,13 +258,11 @@ class Scheduler:
         request.metrics.num_preemptions += 1
         request.swap_in_issued_at = None
         if self._swap_out(request.seq_id, request.num_computed_tokens):
-            request.status = RequestStatus.SWAPPED
             out.swapped_out.append(request.request_id)
             return
         # Recompute: drop the KV; the tokens generated so far are prefilled again with the prompt.
         self.kv.drop(request.seq_id)
         request.num_computed_tokens = 0
-        request.status = RequestStatus.WAITING
         out.recomputed.append(request.request_id)
 
     def _swap_out(self, seq_id: Hashable, num_tokens: int) -> bool:
@@ -293,19 +271,10 @@ class Scheduler:
         while not self.kv.can_swap_out(seq_id, num_tokens):
             if not self._drop_idle_host_context():
                 return False
-        # An overlapped swap-out frees its blocks only after this step, so the request it makes room
-        # for sits the step out: the batch would shrink, and only the cost decides.
-        blocking = not self.kv.asynchronous or self._cheap_to_wait_for(seq_id)
-        self.kv.swap_out(seq_id, num_tokens, blocking)
+        # An overlapped swap-out frees its blocks only after this step: the request it makes room for
+        # sits the step out in any case.
+        self.kv.swap_out(seq_id, num_tokens, self.swap_rule.wait_for_swap(seq_id))
         return True
-
-    def _cheap_to_wait_for(self, seq_id: Hashable) -> bool:
-        """Whether waiting for seq_id's next swap, which every request of the batch pays, costs little
-        against the step that overlapping it takes from the one request."""
-        estimate = self.kv.estimated_swap_time(seq_id)
-        if estimate is None or self.step_time is None:
-            return self.kv.num_blocks_of(seq_id) <= self.adaptive_sync_blocks
-        return estimate * max(1, self.last_batch_size) <= self.sync_swap_fraction * self.step_time
 
     def _drop_idle_host_context(self) -> bool:
         for seq_id in self.idle_contexts:
@@ -333,7 +302,6 @@ class Scheduler:
         return None
 
     def _finish(self, request: Request, reason: str, now: float, keep_kv: bool) -> None:
-        request.status = RequestStatus.FINISHED
         request.finish_reason = reason
         request.metrics.finish_time = now
         del self.requests[request.request_id]

@@ -55,16 +55,17 @@ Choices where this library differs from vLLM 0.3.3, each documented:
   turn (for a swap-in or a decode slot), and only then running requests from the back. With
   `keep_turn_kv` off (the `vllm` preset) none of this arises: every turn prefills its whole
   history, as in vLLM 0.3.3.
-- Asynchronous swaps (FastSwitch, `async_swap`): the adaptive wait-or-overlap rule of the chunked
-  scheduler applies unchanged. A slot that only copies in flight will free is waited for rather than
-  bought with another preemption, a swap-in that is overlapped runs from the step after its copy
-  lands, and a swapped request whose swap-out is still copying stops the swap-in walk.
+- Asynchronous swaps (FastSwitch, `async_swap`): the adaptive wait-or-overlap rule
+  (sched/adaptive_swap.py) applies as in the chunked scheduler. A slot that only copies in flight
+  will free is waited for rather than bought with another preemption, a swap-in that is overlapped
+  runs from the step after its copy lands, and a swapped request whose swap-out is still copying
+  stops the swap-in walk.
 """
 
 from __future__ import annotations
 
 from fastswitch.sched.kv_space import KVSpace
-from fastswitch.sched.request import Request, RequestStatus, SchedulerOutput
+from fastswitch.sched.request import Request, SchedulerOutput
 from fastswitch.sched.scheduler import Scheduler
 
 WATERMARK = 0.01  # BlockSpaceManager(watermark=0.01): device blocks kept free when admitting
@@ -119,7 +120,7 @@ class VllmScheduler(Scheduler):
             if location == "host":  # a turn's context kept on the host comes back before its prompt
                 if out.swapped_out:
                     break  # no swap-in in a step that swaps out
-                blocking = not self.kv.asynchronous or self._cheap_to_wait_for(seq_id)
+                blocking = self.swap_rule.wait_for_swap(seq_id)
                 self._issue_swap_in(request, blocking, out, now)
                 if not blocking:
                     continue
@@ -170,8 +171,7 @@ class VllmScheduler(Scheduler):
             need = self.kv.num_blocks_of(seq_id) + 1  # can_swap_in: one more block for its next token
             if not self._reclaim(need, waiting, out, now) or out.swapped_out:
                 break  # no room yet, or room made by a swap-out: this step swaps nothing in
-            shrinks = len(out.chunks) < self.last_batch_size
-            blocking = not self.kv.asynchronous or (shrinks and self._cheap_to_wait_for(seq_id))
+            blocking = self.swap_rule.wait_for_swap(seq_id, num_scheduled=len(out.chunks))
             self._issue_swap_in(request, blocking, out, now)
             num_running += 1
             if blocking:
@@ -187,7 +187,7 @@ class VllmScheduler(Scheduler):
     def _can_append_slot(self) -> bool:
         # vLLM 0.3.3 asks for one free block per running sequence, counted here with the blocks that
         # overlapped swap-outs already in flight will free (none when swaps are synchronous).
-        return self.kv.num_free_device_blocks + self.kv.num_pending_free_blocks >= 1
+        return self.swap_rule.in_flight_frees_enough(1)
 
     def _reclaim(self, need: int, candidates: list[Request], out: SchedulerOutput, now: float) -> bool:
         """Whether `need` more device blocks leave the watermark free, after evicting idle contexts and
@@ -195,7 +195,7 @@ class VllmScheduler(Scheduler):
         now; False: not yet (copies in flight will free enough, nothing is left to evict, or this
         step swapped in already and so may not swap out)."""
         while self.kv.num_free_device_blocks - need < self.watermark_blocks:
-            if self.kv.num_free_device_blocks + self.kv.num_pending_free_blocks - need >= self.watermark_blocks:
+            if self.swap_rule.in_flight_frees_enough(need, keep_free=self.watermark_blocks):
                 return False  # overlapped swap-outs will free enough: wait for them
             if out.swapped_in:
                 return False
@@ -229,7 +229,6 @@ class VllmScheduler(Scheduler):
 
     def _issue_swap_in(self, request: Request, blocking: bool, out: SchedulerOutput, now: float) -> None:
         self.kv.swap_in(request.seq_id, blocking)
-        request.status = RequestStatus.RUNNING
         request.swap_in_issued_at = now
         out.swapped_in.append(request.request_id)
 
@@ -237,5 +236,4 @@ class VllmScheduler(Scheduler):
         if request.first_scheduled_time is None:
             request.first_scheduled_time = now
             self.policy.on_first_admission(request)
-        request.status = RequestStatus.RUNNING
         out.chunks.append(self._chunk(request, num_new))

@@ -19,12 +19,12 @@ def test_fork_copies_the_parents_blocks_and_leaves_them_alone(block_groups):
     assert src == table and len(dst) == 3 and not set(dst) & set(table)
     device.copy_blocks(src, dst)
     assert torch.equal(device.data[dst], values) and torch.equal(device.data[table], values)
-    assert manager.location("child") == "device" and manager.block_table("child") == dst
+    assert manager.location("child") == "device" and manager.sequences.block_table("child") == dst
     # the child is an ordinary sequence from here: it grows, swaps out and back, and is dropped
     manager.allocate("child", 3 * BLOCK + 2)
     manager.swap_out("child", 3 * BLOCK + 2, blocking=True)
     manager.swap_in("child", blocking=True)
-    assert torch.equal(device.data[manager.block_table("child")[:3]], values)
+    assert torch.equal(device.data[manager.sequences.block_table("child")[:3]], values)
     manager.drop("child")
     manager.drop("parent")
     manager.drop("other")

@@ -79,7 +79,10 @@ def results() -> dict:
     }
     print("\nmode      headroom  occupancy  groups/seq  blocks/group")
     for (mode, headroom), r in table.items():
-        print(f"{mode:9} {headroom:8.2f} {r['occupancy']:10.2f} {r['groups_per_seq']:11.2f} {r['blocks_per_group']:13.2f}")
+        print(
+            f"{mode:9} {headroom:8.2f} {r['occupancy']:10.2f} {r['groups_per_seq']:11.2f} "
+            f"{r['blocks_per_group']:13.2f}"
+        )
     return table
 
 

@@ -26,9 +26,9 @@ def test_layer_views_alias_the_right_slice():
     assert torch.count_nonzero(c.data) == 2
 
 
-def test_a_run_is_one_contiguous_byte_range():
+def test_a_run_of_blocks_is_one_contiguous_byte_range():
     c = small_cache()
-    view = c.run((2, 3))
+    view = c.data[2:5]  # what copy_blocks and the copy engine move in one call
     assert view.is_contiguous()
     assert view.data_ptr() == c.data.data_ptr() + 2 * c.block_bytes
     assert view.numel() * view.element_size() == 3 * c.block_bytes
@@ -37,7 +37,6 @@ def test_a_run_is_one_contiguous_byte_range():
 def test_sizes():
     c = small_cache(dtype=torch.float16)
     assert c.block_bytes == 3 * 2 * 4 * 2 * 8 * 2
-    assert c.layer_block_bytes == 4 * 2 * 8 * 2
     assert c.num_bytes == 6 * c.block_bytes
 
 
@@ -60,8 +59,10 @@ def test_invalid_arguments_raise():
         small_cache(head_dim=0)
     with pytest.raises(ValueError, match="layer=3"):
         small_cache().key(3)
-    with pytest.raises(ValueError, match="run"):
-        small_cache().run((5, 2))
+    with pytest.raises(ValueError, match=r"block 6 is outside 0\.\.5"):
+        small_cache().copy_blocks([5, 6], [0, 1])
+    with pytest.raises(ValueError, match=r"block -1 is outside 0\.\.5"):
+        small_cache().copy_blocks([0], [-1])
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="pin_memory"):
             small_cache(pin_memory=True)

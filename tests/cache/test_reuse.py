@@ -11,15 +11,15 @@ def tracker(num_host_blocks: int = 32, keep: bool = True) -> HostReuseTracker:
     return HostReuseTracker(BlockManager(num_host_blocks, BLOCK), keep_after_swap_in=keep)
 
 
-def swap_out(t, conv, num_blocks, num_full):
-    plan = t.begin_swap_out(conv, num_blocks)
-    t.finish_swap_out(conv, num_full)
+def swap_out(t, seq, num_blocks, num_full):
+    plan = t.begin_swap_out(seq, num_blocks)
+    t.finish_swap_out(seq, num_full)
     return plan
 
 
-def swap_in(t, conv):
-    blocks = t.begin_swap_in(conv)
-    t.finish_swap_in(conv)
+def swap_in(t, seq):
+    blocks = t.begin_swap_in(seq)
+    t.finish_swap_in(seq)
     return blocks
 
 
@@ -34,7 +34,6 @@ def test_second_swap_out_copies_only_new_blocks():
     second = swap_out(t, "c", num_blocks=7, num_full=6)
     assert second.first_block == 4 and len(second.host_blocks) == 3
     assert t.host.block_table("c")[:4] == host_table[:4]
-    assert t.blocks_reused == 4
 
 
 def test_reuse_off_frees_the_host_copy_after_swap_in():
@@ -47,8 +46,8 @@ def test_reuse_off_frees_the_host_copy_after_swap_in():
 
 def test_lru_eviction_spares_pinned_and_swapped_out_copies():
     t = tracker(num_host_blocks=12)
-    for conv in ("old", "pinned", "sole"):
-        swap_out(t, conv, 4, 4)
+    for seq in ("old", "pinned", "sole"):
+        swap_out(t, seq, 4, 4)
     swap_in(t, "old")
     swap_in(t, "pinned")
     plan = t.begin_swap_out("pinned", 4)  # reuses all 4, pins them
@@ -63,24 +62,23 @@ def test_lru_eviction_spares_pinned_and_swapped_out_copies():
 
 def test_eviction_is_least_recently_used_first():
     t = tracker(num_host_blocks=8)
-    for conv in ("a", "b"):
-        swap_out(t, conv, 4, 4)
+    for seq in ("a", "b"):
+        swap_out(t, seq, 4, 4)
     swap_in(t, "b")
     swap_in(t, "a")  # "a" used last: "b" is the older one
-    assert t.make_room(4) == ["b"]
-    assert t.evictions == 1 and t.blocks_evicted == 4
+    assert t.begin_swap_out("new", 4).evicted == ["b"]
+    assert "a" in t and "b" not in t and t.host.num_free == 0
 
 
-def test_invalidate_and_drop():
+def test_drop_frees_a_kept_copy_and_a_sole_copy():
     t = tracker()
-    swap_out(t, "c", 6, 6)
-    with pytest.raises(ValueError, match="in use .swapped_out"):
-        t.invalidate("c", 2)  # swapped out: the host copy is the only one
-    swap_in(t, "c")
-    t.invalidate("c", 2)
-    assert t.reusable_blocks("c") == 2 and t.host.num_blocks_of("c") == 2
-    t.drop("c")
-    assert "c" not in t and t.host.num_free == 32
+    swap_out(t, "kept", 6, 5)
+    swap_in(t, "kept")
+    assert t.reusable_blocks("kept") == 5 and t.host.num_blocks_of("kept") == 5
+    swap_out(t, "sole", 3, 3)  # swapped out: the host copy is the only one (an aborted request drops it)
+    t.drop("kept")
+    t.drop("sole")
+    assert "kept" not in t and "sole" not in t and t.host.num_free == 32
 
 
 def test_in_flight_copies_cannot_be_dropped_or_swapped_again():

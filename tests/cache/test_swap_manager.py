@@ -51,7 +51,7 @@ def test_round_trip_restores_kv_and_counts_calls(block_groups, asynchronous, dev
     manager.allocate("b", 10 * BLOCK)  # takes blocks "a" had, so "a" comes back elsewhere
     manager.swap_in("a", blocking=True)
     assert manager.is_ready("a")
-    new_table = manager.block_table("a")
+    new_table = manager.sequences.block_table("a")
     assert torch.equal(device.data[new_table], values)
     stats = manager.stats
     expected_out_calls = 1 if block_groups else 5 * LAYERS * 2
@@ -85,7 +85,7 @@ def test_swap_round_trips_preserve_every_sequence(lengths, block_groups, kv_reus
     manager.allocate("filler", BLOCK)  # shifts where the sequences land on the way back
     for name, n in zip(names, lengths):
         manager.swap_in(name, blocking=True)
-        table = manager.block_table(name)
+        table = manager.sequences.block_table(name)
         assert torch.equal(device.data[table], expected[name])
         if growth and manager.device_blocks_needed(name, n + growth) <= manager.num_free_device_blocks:
             table = manager.allocate(name, n + growth)
@@ -96,7 +96,7 @@ def test_swap_round_trips_preserve_every_sequence(lengths, block_groups, kv_reus
         manager.swap_out(name, lengths[names.index(name)], blocking=True)
     for name in names:
         manager.swap_in(name, blocking=True)
-        assert torch.equal(device.data[manager.block_table(name)], expected[name])
+        assert torch.equal(device.data[manager.sequences.block_table(name)], expected[name])
         manager.drop(name)
     manager.drop("filler")
     manager.close()
@@ -130,7 +130,7 @@ def test_kv_reuse_copies_only_blocks_added_since_the_last_swap_out():
     assert manager.stats.swap_out_blocks == 4 + 3
     assert manager.stats.reused_blocks == 3
     manager.swap_in("a", blocking=True)
-    table = manager.block_table("a")
+    table = manager.sequences.block_table("a")
     assert torch.equal(device.data[table[:3]], values[:3])
     assert torch.equal(device.data[table[3:]], more)
     manager.drop("a")
@@ -206,14 +206,14 @@ def test_fragmented_sequence_moves_in_one_packed_call_each_way(asynchronous):
     manager.drop("d")
     # "a" grows into b's old blocks, then past c into d's: three runs on the device.
     table = manager.allocate("a", 6 * BLOCK)
-    assert manager.device.num_groups(manager._seqs["a"].device_key) >= 2
+    assert manager.device.num_groups(manager.sequences.record("a").stay) >= 2
     values = fill(device, table)
     manager.swap_out("a", 6 * BLOCK, blocking=True)
     assert manager.stats.copy_calls == 1
     manager.allocate("e", 3 * BLOCK)  # "a" comes back to different, again fragmented blocks
     manager.swap_in("a", blocking=True)
     assert manager.stats.copy_calls == 2
-    assert torch.equal(device.data[manager.block_table("a")], values)
+    assert torch.equal(device.data[manager.sequences.block_table("a")], values)
     for name in ("a", "c", "e"):
         manager.drop(name)
     manager.close()

@@ -35,7 +35,7 @@ class TokenPools:
 
 
 class ManualHandle:
-    def __init__(self, engine: "ManualCopyEngine", job: CopyJob) -> None:
+    def __init__(self, engine: ManualCopyEngine, job: CopyJob) -> None:
         self.engine, self.job, self.completed = engine, job, False
 
     def done(self) -> bool:

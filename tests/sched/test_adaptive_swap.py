@@ -1,13 +1,76 @@
 """The adaptive sync/async swap rule decides by time: the copy's estimate, times the requests a wait
-holds up, against the step time."""
+holds up, against the step time. First the rule alone over fake estimates, then through the engine."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pytest
 
 from fakes import make_engine, reference_output
 from fastswitch.config import EngineConfig
 from fastswitch.models.sampling import SamplingParams
+from fastswitch.sched.adaptive_swap import AdaptiveSwapRule
+
+
+@dataclass
+class Estimates:
+    """A SwapEstimates whose every sequence holds `blocks` blocks and swaps in `seconds`."""
+
+    asynchronous: bool = True
+    num_free_device_blocks: int = 0
+    num_pending_free_blocks: int = 0
+    blocks: int = 2
+    seconds: float | None = None
+
+    def num_blocks_of(self, seq_id) -> int:
+        return self.blocks
+
+    def estimated_swap_time(self, seq_id) -> float | None:
+        return self.seconds
+
+
+def rule(estimates: Estimates, step: tuple[int, float] | None = None) -> AdaptiveSwapRule:
+    swap_rule = AdaptiveSwapRule(estimates, sync_swap_fraction=0.5, adaptive_sync_blocks=4)
+    if step is not None:
+        swap_rule.observe_step(*step)
+    return swap_rule
+
+
+def test_synchronous_swaps_are_always_waited_for():
+    swap_rule = rule(Estimates(asynchronous=False, blocks=100, seconds=10.0), step=(1, 0.01))
+    assert swap_rule.wait_for_swap("s") and swap_rule.wait_for_swap("s", num_scheduled=5)
+
+
+def test_the_wait_costs_the_copy_times_the_last_batch_against_a_fraction_of_the_step():
+    # batch 4, step 0.25 s, fraction 0.5: a copy is waited for up to 0.125 / 4 = 0.03125 s.
+    assert rule(Estimates(seconds=0.03125), step=(4, 0.25)).wait_for_swap("s")
+    assert not rule(Estimates(seconds=0.0313), step=(4, 0.25)).wait_for_swap("s")
+
+
+def test_a_swap_in_is_overlapped_when_the_batch_does_not_shrink_without_it():
+    swap_rule = rule(Estimates(seconds=0.0), step=(3, 0.25))
+    assert swap_rule.wait_for_swap("s", num_scheduled=2)
+    assert not swap_rule.wait_for_swap("s", num_scheduled=3)
+
+
+@pytest.mark.parametrize("seconds, step", [(None, (4, 0.25)), (0.001, None)])
+@pytest.mark.parametrize("blocks, waited", [(4, True), (5, False)])
+def test_until_copies_and_steps_are_timed_the_block_count_decides(seconds, step, blocks, waited):
+    assert rule(Estimates(blocks=blocks, seconds=seconds), step).wait_for_swap("s") == waited
+
+
+def test_the_step_time_is_an_exponential_average():
+    swap_rule = rule(Estimates(), step=(2, 0.5))
+    swap_rule.observe_step(3, 1.5)
+    assert swap_rule.step_time == pytest.approx(0.5 + 0.2 * (1.5 - 0.5)) and swap_rule.last_batch_size == 3
+
+
+def test_blocks_that_copies_in_flight_free_are_waited_for():
+    swap_rule = rule(Estimates(num_free_device_blocks=2, num_pending_free_blocks=3))
+    assert swap_rule.in_flight_frees_enough(5) and not swap_rule.in_flight_frees_enough(6)
+    assert swap_rule.in_flight_frees_enough(4, keep_free=1) and not swap_rule.in_flight_frees_enough(4, keep_free=2)
+
 
 PROMPTS = {"small": [1] * 6, "large": [2] * 31}  # 2 and 8 blocks of 4 tokens, 1,000 B each in the fakes
 
@@ -28,7 +91,7 @@ def preempt_one(victim: str, seconds_per_byte: float | None, **overrides):
     outputs = {name: engine.add_request(PROMPTS[name], params(8), priority=3) for name in order}
     engine.step()
     engine.step()
-    step_time = engine.scheduler.step_time
+    step_time = engine.scheduler.swap_rule.step_time
     urgent = engine.add_request([3] * 10, params(2), priority=0)  # needs 3 blocks: only 2 are free
     engine.step()
     assert engine.last_schedule.swapped_out == [outputs[victim].request_id]
@@ -77,19 +140,19 @@ def test_a_swap_one_request_could_wait_for_overlaps_when_the_whole_batch_would_w
 
 def test_step_time_is_an_average_of_executor_runs_excluding_swap_waits():
     engine, _, _ = make_engine(EngineConfig(block_size=4, num_gpu_blocks=12, policy="fcfs"))
-    assert engine.scheduler.step_time is None
+    assert engine.scheduler.swap_rule.step_time is None
     engine.add_request([1] * 6, params(3))
     engine.step()  # the fake executor charges 0.01 s + 1 ms per token
-    assert engine.scheduler.step_time == pytest.approx(0.016)
+    assert engine.scheduler.swap_rule.step_time == pytest.approx(0.016)
     engine.step()
-    assert engine.scheduler.step_time == pytest.approx(0.016 + 0.2 * (0.011 - 0.016))
+    assert engine.scheduler.swap_rule.step_time == pytest.approx(0.016 + 0.2 * (0.011 - 0.016))
 
 
 def test_sync_swap_fraction_is_the_engine_configs_threshold():
     # The swap of test_a_swap_small_against...: 80 us against a step of tens of ms. The default
     # fraction (0.1) waits for it; a fraction of 0 waits for no swap that takes any time at all.
     engine, copies, outputs, urgent, step_time = preempt_one("large", seconds_per_byte=1e-8, sync_swap_fraction=0.0)
-    assert engine.scheduler.sync_swap_fraction == 0.0
+    assert engine.scheduler.swap_rule.sync_swap_fraction == 0.0
     assert engine.stats()["blocking_swaps"] == 0 and len(copies.in_flight) == 1 and not urgent.token_ids
     finish_and_check(engine, copies, outputs)
 

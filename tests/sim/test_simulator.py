@@ -109,4 +109,4 @@ def test_the_adaptive_swap_threshold_is_a_config_field_the_simulator_honours():
     # whose batch would shrink (201 of 230).
     assert never["blocking_swaps"] < always["blocking_swaps"] / 10
     sim = build_simulated_engine(tight_config("fastswitch", sync_swap_fraction=0.1), LLAMA, A10)
-    assert sim.engine.scheduler.sync_swap_fraction == 0.1
+    assert sim.engine.scheduler.swap_rule.sync_swap_fraction == 0.1
