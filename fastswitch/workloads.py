@@ -157,7 +157,9 @@ def check_trace_params(rate: float, num_clients: int, think_time_mean: float, ma
     if think_time_mean < 0:
         raise ValueError(f"think_time_mean={think_time_mean} s must be >= 0")
     if max_context_tokens < 2:
-        raise ValueError(f"max_context_tokens={max_context_tokens} must be at least 2 (one prompt and one answer token)")
+        raise ValueError(
+            f"max_context_tokens={max_context_tokens} must be at least 2 (one prompt and one answer token)"
+        )
 
 
 def fit_turns(pairs: Sequence[tuple[int, int]], max_context_tokens: int) -> list[tuple[int, int]]:

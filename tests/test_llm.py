@@ -120,7 +120,8 @@ def test_config_errors(hf_model):
 def test_adaptive_swap_knobs_reach_the_scheduler(hf_model):
     llm = LLM(hf_model, block_size=8, attention_backend="torch", sync_swap_fraction=0.1, adaptive_sync_blocks=0)
     assert llm.config.sync_swap_fraction == 0.1
-    assert (llm.engine.scheduler.swap_rule.sync_swap_fraction, llm.engine.scheduler.swap_rule.adaptive_sync_blocks) == (0.1, 0)
+    rule = llm.engine.scheduler.swap_rule
+    assert (rule.sync_swap_fraction, rule.adaptive_sync_blocks) == (0.1, 0)
     with pytest.raises(ValueError, match="sync_swap_fraction=-1 must be a number >= 0"):
         LLM(hf_model, sync_swap_fraction=-1)
 
