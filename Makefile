@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install demo test
+.PHONY: install demo test lint
 
 # torch first and pinned: an unpinned torch would pull a CUDA build of several GB.
 install:
@@ -15,3 +15,8 @@ demo: install
 
 test: install
 	$(PYTHON) -m pytest -q
+
+# ruff and mypy as configured in pyproject.toml; .ci/run runs this after the tests.
+lint: install
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
