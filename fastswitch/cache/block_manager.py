@@ -95,8 +95,9 @@ class BlockManager:
         if needed:
             new_runs = self.allocator.allocate(needed)
             added.extend(new_runs)
-            for run in new_runs:
-                self._append_group(groups, run)
+            # None of them touches the last group or each other: the last group took every free
+            # block behind it, and the allocator keeps adjacent free runs merged into one.
+            groups.extend(new_runs)
         for start, length in added:  # growth appends: the table is the old one plus the added runs
             table.extend(range(start, start + length))
         return added
@@ -128,13 +129,6 @@ class BlockManager:
         self.allocator.free(self._groups_of(seq_id))
         del self._groups[seq_id]
         del self._tables[seq_id]
-
-    def _append_group(self, groups: list[Run], run: Run) -> None:
-        # A new run can land right behind the last group (freed blocks there): one group, one copy.
-        if self.block_groups and groups and groups[-1][0] + groups[-1][1] == run[0]:
-            groups[-1] = (groups[-1][0], groups[-1][1] + run[1])
-        else:
-            groups.append(run)
 
     def _groups_of(self, seq_id: Hashable) -> list[Run]:
         if seq_id not in self._groups:
