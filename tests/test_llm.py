@@ -4,22 +4,18 @@ import time
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from fastswitch.llm import LLM
 from fastswitch.model_sources import tiny_random_llama
 from fastswitch.models import SamplingParams
+from tiny_llamas import tiny_llama
 
 EOS = 2
 
 
 def tiny_model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.1, eos_token_id=EOS,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(vocab_size=256, max_position_embeddings=128, eos_token_id=EOS, rms_norm_eps=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from fastswitch.build import build_engine
 from fastswitch.config import EngineConfig
 from fastswitch.models.loader import load_model
 from fastswitch.models.sampling import SamplingParams
+from tiny_llamas import tiny_llama
 
 VOCAB, EOS = 128, 1
 PROMPT = [5, 9, 30, 41, 7, 8, 9, 10, 11, 12, 13, 50, 60]
@@ -22,12 +22,7 @@ PROMPT = [5, 9, 30, 41, 7, 8, 9, 10, 11, 12, 13, 50, 60]
 
 @pytest.fixture(scope="module")
 def hf():
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.1,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(vocab_size=VOCAB, rms_norm_eps=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -6,26 +6,21 @@ from __future__ import annotations
 import random
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from fastswitch.build import build_engine
 from fastswitch.config import EngineConfig
 from fastswitch.engine import Engine
 from fastswitch.models.loader import load_model
 from fastswitch.models.sampling import SamplingParams
+from tiny_llamas import tiny_llama
 
 PARAMS = SamplingParams(max_tokens=10, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.1,
-    )
-    return load_model(LlamaForCausalLM(config).eval(), dtype="float32", progress=False).model
+    hf = tiny_llama(vocab_size=128, rms_norm_eps=1e-6)
+    return load_model(hf, dtype="float32", progress=False).model
 
 
 def engine_for(model, preset="fastswitch", **overrides) -> Engine:

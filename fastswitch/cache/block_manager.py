@@ -46,12 +46,6 @@ class BlockManager:
     def has(self, seq_id: Hashable) -> bool:
         return seq_id in self._groups
 
-    def seq_ids(self) -> list[Hashable]:
-        return list(self._groups)
-
-    def groups(self, seq_id: Hashable) -> list[Run]:
-        return list(self._groups_of(seq_id))
-
     def num_groups(self, seq_id: Hashable) -> int:
         """Copy calls a swap of this sequence needs (per copy direction, all layers at once)."""
         return len(self._groups_of(seq_id))
@@ -101,8 +95,9 @@ class BlockManager:
         if needed:
             new_runs = self.allocator.allocate(needed)
             added.extend(new_runs)
-            for run in new_runs:
-                self._append_group(groups, run)
+            # None of them touches the last group or each other: the last group took every free
+            # block behind it, and the allocator keeps adjacent free runs merged into one.
+            groups.extend(new_runs)
         for start, length in added:  # growth appends: the table is the old one plus the added runs
             table.extend(range(start, start + length))
         return added
@@ -134,18 +129,6 @@ class BlockManager:
         self.allocator.free(self._groups_of(seq_id))
         del self._groups[seq_id]
         del self._tables[seq_id]
-
-    def mean_groups_per_sequence(self) -> float:
-        """Mean copy calls per swap over the live sequences that hold blocks (0.0 when none)."""
-        counts = [len(groups) for groups in self._groups.values() if groups]
-        return sum(counts) / len(counts) if counts else 0.0
-
-    def _append_group(self, groups: list[Run], run: Run) -> None:
-        # A new run can land right behind the last group (freed blocks there): one group, one copy.
-        if self.block_groups and groups and groups[-1][0] + groups[-1][1] == run[0]:
-            groups[-1] = (groups[-1][0], groups[-1][1] + run[1])
-        else:
-            groups.append(run)
 
     def _groups_of(self, seq_id: Hashable) -> list[Run]:
         if seq_id not in self._groups:

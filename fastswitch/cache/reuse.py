@@ -62,7 +62,6 @@ class HostCopy:
 class SwapOutPlan:
     """What a swap-out must copy: the sequence's logical blocks first_block.. into host_blocks."""
 
-    seq_id: Hashable
     first_block: int  # blocks before this one are on the host already (reused, not copied)
     host_blocks: list[int]  # destination of logical blocks first_block, first_block + 1, ...
     evicted: list[Hashable] = field(default_factory=list)  # host copies dropped to make room
@@ -79,9 +78,6 @@ class HostReuseTracker:
 
     def record(self, seq_id: Hashable) -> HostCopy | None:
         return self._copies.get(seq_id)
-
-    def __contains__(self, seq_id: Hashable) -> bool:
-        return seq_id in self._copies
 
     def reusable_blocks(self, seq_id: Hashable) -> int:
         copy = self._copies.get(seq_id)
@@ -129,7 +125,7 @@ class HostReuseTracker:
         copy.num_valid_blocks = reused
         copy.phase = SWAPPING_OUT
         self._copies.move_to_end(seq_id)
-        return SwapOutPlan(seq_id, reused, self.host.block_table(seq_id)[reused:], evicted)
+        return SwapOutPlan(reused, self.host.block_table(seq_id)[reused:], evicted)
 
     def finish_swap_out(self, seq_id: Hashable, num_full_blocks: int) -> None:
         """The swap-out's copies completed; num_full_blocks of its blocks are full (reusable later)."""

@@ -10,9 +10,14 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, precondition, rule
 
-from fastswitch.cache import BlockAllocator, BlockGroupAllocator, BlockManager
+from fastswitch.cache import BlockAllocator, BlockGroupAllocator, BlockManager, copy_runs
 
 NUM_BLOCKS = 48
+SEQS = range(6)
+
+
+def blocks_of(runs: list[tuple[int, int]]) -> list[int]:
+    return [b for start, length in runs for b in range(start, start + length)]
 
 
 class AllocatorMachine(RuleBasedStateMachine):
@@ -86,7 +91,7 @@ class AllocatorMachine(RuleBasedStateMachine):
         free_before = self.allocator.free_runs()
         with pytest.raises(ValueError):
             self.allocator.free([(block, 1), (block, 1)])
-        free_blocks = [b for s, n in free_before for b in range(s, s + n)]
+        free_blocks = blocks_of(free_before)
         if free_blocks:
             with pytest.raises(ValueError):
                 self.allocator.free([(data.draw(st.sampled_from(free_blocks)), 1)])
@@ -101,7 +106,7 @@ class AllocatorMachine(RuleBasedStateMachine):
 
     @invariant()
     def every_block_free_or_owned_once(self):
-        free = {b for s, n in self.allocator.free_runs() for b in range(s, s + n)}
+        free = set(blocks_of(self.allocator.free_runs()))
         assert free.isdisjoint(self.owner)
         assert len(free) + len(self.owner) == NUM_BLOCKS
         assert self.allocator.num_free == len(free)
@@ -124,7 +129,7 @@ class BlockManagerMachine(RuleBasedStateMachine):
         if not self.tokens:
             self.manager = BlockManager(NUM_BLOCKS, block_size=4, block_groups=mode)
 
-    @rule(seq=st.integers(0, 5), grow=st.integers(0, 40))
+    @rule(seq=st.sampled_from(SEQS), grow=st.integers(0, 40))
     def ensure_capacity(self, seq, grow):
         tokens = self.tokens.get(seq, 0) + grow
         needed = self.manager.blocks_needed(seq, tokens)
@@ -135,10 +140,11 @@ class BlockManagerMachine(RuleBasedStateMachine):
             assert self.manager.num_free == free_before
             return
         table_before = self.manager.block_table(seq) if self.manager.has(seq) else []
-        self.manager.ensure_capacity(seq, tokens)
+        added = self.manager.ensure_capacity(seq, tokens)
         self.tokens[seq] = tokens
         table = self.manager.block_table(seq)
         assert table[: len(table_before)] == table_before  # growth never moves existing blocks
+        assert table[len(table_before) :] == blocks_of(added)
         assert len(table) == -(-tokens // 4)
 
     @precondition(lambda self: self.tokens)
@@ -154,8 +160,8 @@ class BlockManagerMachine(RuleBasedStateMachine):
         seq = data.draw(st.sampled_from(sorted(self.tokens)))
         keep = data.draw(st.integers(0, self.manager.num_blocks_of(seq)))
         table = self.manager.block_table(seq)
-        self.manager.truncate(seq, keep)
-        assert self.manager.block_table(seq) == table[:keep]
+        freed = self.manager.truncate(seq, keep)
+        assert self.manager.block_table(seq) == table[:keep] and blocks_of(freed) == table[keep:]
         self.tokens[seq] = min(self.tokens[seq], keep * 4)
 
     @invariant()
@@ -164,21 +170,19 @@ class BlockManagerMachine(RuleBasedStateMachine):
         used = [b for t in tables for b in t]
         assert len(used) == len(set(used))
         assert len(used) + self.manager.num_free == NUM_BLOCKS
-        for seq in self.tokens:
-            groups = self.manager.groups(seq)
-            if self.manager.block_groups:  # adjacent groups are merged: one copy, not two
-                assert all(a[0] + a[1] != b[0] for a, b in zip(groups, groups[1:]))
+        assert all(self.manager.allocator.is_allocated(b) for b in used)
+        for seq, table in zip(self.tokens, tables):
+            if self.manager.block_groups:  # groups that touch are merged: one copy, not two
+                assert self.manager.num_groups(seq) == len(copy_runs(table, table))
             else:
-                assert all(n == 1 for _, n in groups)
+                assert self.manager.num_groups(seq) == len(table)
 
     @invariant()
-    def kept_tables_and_counts_match_the_groups(self):
+    def kept_tables_and_counts_match_the_tokens(self):
         # block_table and num_blocks_of answer from state kept beside the groups: it must not drift.
         for seq in self.tokens:
-            derived = [b for start, length in self.manager.groups(seq) for b in range(start, start + length)]
-            assert self.manager.block_table(seq) == derived
-            assert self.manager.num_blocks_of(seq) == len(derived) == -(-self.tokens[seq] // 4)
-        assert set(self.manager.seq_ids()) == set(self.tokens)
+            assert self.manager.num_blocks_of(seq) == len(self.manager.block_table(seq)) == -(-self.tokens[seq] // 4)
+        assert all(self.manager.has(seq) == (seq in self.tokens) for seq in SEQS)
         assert self.manager.num_blocks_of("never seen") == 0
 
 

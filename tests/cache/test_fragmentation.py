@@ -59,7 +59,7 @@ def churn(mode: str, headroom: float, seed: int = 0, num_blocks: int = 1024, ste
                 manager.free(victim)
                 swapped[victim] = running.pop(victim)
         if step >= steps // 4 and running:  # after warm-up
-            groups.append(manager.mean_groups_per_sequence())
+            groups.append(statistics.mean(manager.num_groups(s) for s in running))
             total_blocks = sum(manager.num_blocks_of(s) for s in running)
             blocks_per_group.append(total_blocks / sum(manager.num_groups(s) for s in running))
             occupancy.append(1 - manager.num_free / num_blocks)

@@ -40,7 +40,7 @@ def test_reuse_off_frees_the_host_copy_after_swap_in():
     t = tracker(keep=False)
     swap_out(t, "c", 5, 4)
     swap_in(t, "c")
-    assert "c" not in t and t.host.num_free == 32
+    assert t.record("c") is None and t.host.num_free == 32
     assert swap_out(t, "c", 5, 4).first_block == 0
 
 
@@ -54,10 +54,10 @@ def test_lru_eviction_spares_pinned_and_swapped_out_copies():
     assert plan.first_block == 4 and plan.host_blocks == []
     new = t.begin_swap_out("new", 4)  # host is full: only "old" may go
     assert new.evicted == ["old"]
-    assert "pinned" in t and "sole" in t and "old" not in t
+    assert t.record("pinned") and t.record("sole") and t.record("old") is None
     with pytest.raises(ValueError, match="host pool cannot hold"):
         t.begin_swap_out("another", 1)
-    assert "another" not in t
+    assert t.record("another") is None
 
 
 def test_eviction_is_least_recently_used_first():
@@ -67,7 +67,7 @@ def test_eviction_is_least_recently_used_first():
     swap_in(t, "b")
     swap_in(t, "a")  # "a" used last: "b" is the older one
     assert t.begin_swap_out("new", 4).evicted == ["b"]
-    assert "a" in t and "b" not in t and t.host.num_free == 0
+    assert t.record("a") and t.record("b") is None and t.host.num_free == 0
 
 
 def test_drop_frees_a_kept_copy_and_a_sole_copy():
@@ -78,7 +78,7 @@ def test_drop_frees_a_kept_copy_and_a_sole_copy():
     swap_out(t, "sole", 3, 3)  # swapped out: the host copy is the only one (an aborted request drops it)
     t.drop("kept")
     t.drop("sole")
-    assert "kept" not in t and "sole" not in t and t.host.num_free == 32
+    assert t.record("kept") is None and t.record("sole") is None and t.host.num_free == 32
 
 
 def test_in_flight_copies_cannot_be_dropped_or_swapped_again():

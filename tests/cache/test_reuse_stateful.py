@@ -11,7 +11,7 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from fastswitch.cache import BlockManager, HostReuseTracker
+from fastswitch.cache import BlockManager, HostReuseTracker, copy_runs
 
 HOST_BLOCKS = 24
 SEQ_IDS = "abcdef"
@@ -34,7 +34,7 @@ class ReuseMachine(RuleBasedStateMachine):
                 t.begin_swap_out(seq, num_blocks)
             return
         valid = t.reusable_blocks(seq)
-        old_table = t.host.block_table(seq) if seq in t else []
+        old_table = t.host.block_table(seq) if t.record(seq) else []
         reused = min(valid, num_blocks)
         need = num_blocks - reused
         available = t.host.num_free + len(old_table) - reused + t.evictable_blocks(keep=seq)
@@ -87,7 +87,7 @@ class ReuseMachine(RuleBasedStateMachine):
             assert self.tracker.host.block_table(seq) == table[:valid]
             self.state[seq] = "resident"
         else:
-            assert seq not in self.tracker
+            assert self.tracker.record(seq) is None
             del self.state[seq]
 
     @rule(seq=SEQS)
@@ -97,9 +97,9 @@ class ReuseMachine(RuleBasedStateMachine):
             with pytest.raises(ValueError, match="in flight"):
                 t.drop(seq)
             return
-        free_before, held = t.host.num_free, t.host.num_blocks_of(seq) if seq in t else 0
+        free_before, held = t.host.num_free, t.host.num_blocks_of(seq)
         t.drop(seq)  # a kept copy, or the sole copy of a swapped-out sequence (an aborted request)
-        assert seq not in t and t.host.num_free == free_before + held
+        assert t.record(seq) is None and t.host.num_free == free_before + held
         self.state.pop(seq, None)
         self.protected_table.pop(seq, None)
 
@@ -107,23 +107,24 @@ class ReuseMachine(RuleBasedStateMachine):
     def records_point_only_at_live_host_blocks(self):
         t = self.tracker
         seen: set[int] = set()
-        for seq in t.host.seq_ids():
-            assert seq in t, f"host blocks of {seq} have no record"
+        for seq in filter(t.host.has, SEQ_IDS):
+            assert t.record(seq) is not None, f"host blocks of {seq} have no record"
             table = t.host.block_table(seq)
-            # the table the host pool keeps (grown and truncated in place) is the one its groups spell
-            assert table == [b for start, n in t.host.groups(seq) for b in range(start, start + n)]
+            # the table the host pool keeps (grown and truncated in place) is the one its groups spell:
+            # the groups are merged where they touch, so there is one per contiguous run of the table
+            assert t.host.num_groups(seq) == len(copy_runs(table, table))
             assert t.host.num_blocks_of(seq) == len(table)
             assert all(t.host.allocator.is_allocated(b) for b in table)
             assert seen.isdisjoint(table)
             seen.update(table)
             assert t.reusable_blocks(seq) <= len(table)
-        assert all((seq in t) == t.host.has(seq) for seq in SEQ_IDS)  # no record without host blocks
+        assert all((t.record(seq) is not None) == t.host.has(seq) for seq in SEQ_IDS)  # no record without host blocks
         assert len(seen) + t.host.num_free == HOST_BLOCKS
 
     @invariant()
     def protected_copies_survive_unchanged(self):
         for seq, table in self.protected_table.items():
-            assert seq in self.tracker, f"{seq} was evicted while {self.state[seq]}"
+            assert self.tracker.record(seq) is not None, f"{seq} was evicted while {self.state[seq]}"
             assert self.tracker.host.block_table(seq) == table
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from hypothesis import given
@@ -30,6 +32,11 @@ def make_manager(
         copies, LAYERS, device.block_bytes, asynchronous, kv_reuse, pack_min_runs=pack_min_runs,
     )
     return manager, device, host
+
+
+def hold_copy_worker(manager: SwapManager, seconds: float = 0.2) -> None:
+    """Keeps the copy engine's worker busy, so that copies submitted next are still in flight a while."""
+    manager.copy_engine._worker.submit(lambda: time.sleep(seconds))
 
 
 def fill(device: KVCache, table: list[int]) -> torch.Tensor:
@@ -106,7 +113,7 @@ def test_swap_round_trips_preserve_every_sequence(lengths, block_groups, kv_reus
 def test_async_swap_out_keeps_blocks_until_its_copy_lands():
     manager, device, _ = make_manager(asynchronous=True)
     manager.allocate("a", 16 * BLOCK)
-    manager.copy_engine._worker.submit(lambda: __import__("time").sleep(0.2))  # hold the worker busy
+    hold_copy_worker(manager)
     manager.swap_out("a", 16 * BLOCK, blocking=False)
     assert manager.num_free_device_blocks == 0 and manager.num_pending_free_blocks == 16
     assert not manager.is_ready("a") and manager.location("a") == "host"
@@ -167,7 +174,7 @@ def test_swap_in_in_flight_cannot_be_swapped_out_and_a_drop_waits_for_it():
     table = manager.allocate("a", 4 * BLOCK)
     fill(device, table)
     manager.swap_out("a", 4 * BLOCK, blocking=True)
-    manager.copy_engine._worker.submit(lambda: __import__("time").sleep(0.2))
+    hold_copy_worker(manager)
     manager.swap_in("a", blocking=False)
     assert not manager.is_ready("a") and not manager.can_swap_out("a", 4 * BLOCK)
     with pytest.raises(ValueError, match="copy in flight=True"):
@@ -181,7 +188,7 @@ def test_swap_in_in_flight_cannot_be_swapped_out_and_a_drop_waits_for_it():
 def test_drop_during_copy_frees_after_it_lands():
     manager, _, _ = make_manager(asynchronous=True)
     manager.allocate("a", 4 * BLOCK)
-    manager.copy_engine._worker.submit(lambda: __import__("time").sleep(0.2))
+    hold_copy_worker(manager)
     manager.swap_out("a", 4 * BLOCK, blocking=False)
     manager.drop("a")
     assert manager.location("a") == "none"
