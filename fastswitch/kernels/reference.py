@@ -72,7 +72,8 @@ class _Call:
     query_len: int  # t
     block_ids: torch.Tensor  # [B, nb] long: the blocks to gather
     unwritten: torch.Tensor | None  # gathered rows to zero (see _unwritten_rows)
-    mask: torch.Tensor | None  # [B, 1, group * t, L]: what each folded query row sees; None: all
+    mask: torch.Tensor | None  # [B, 1, group * t, L] fp32: 0 where a folded query row sees a key, -inf
+    # where not; None: it sees all
     causal_len: int  # > 0: one whole prompt of that many tokens, attended causally over its first keys
 
 
@@ -166,7 +167,9 @@ def _batched_call(
     if query_len > 1 or sum(seq_lens) < num_seqs * padded_len:
         query_pos = torch.tensor(seq_lens, device=device)[:, None] - query_len + torch.arange(query_len, device=device)
         visible = torch.arange(padded_len, device=device) <= query_pos[:, :, None]  # [B, t, L]
-        mask = repeat(visible, "b t l -> b 1 (g t) l", g=group)
+        # Additive, as SDPA would turn a boolean mask at every call (the queries are fp32).
+        hidden = torch.zeros(visible.shape, device=device).masked_fill_(~visible, float("-inf"))
+        mask = repeat(hidden, "b t l -> b 1 (g t) l", g=group)
     unwritten = _unwritten_rows(seq_lens, block_size, padded_len, device)
     return _Call(rows, query_len, block_ids, unwritten, mask, causal_len=0)
 
