@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import repeat
 
 from fastswitch.kernels.checks import (
     BatchLayout,
@@ -179,21 +179,25 @@ def _run(call: _Call, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
 
     Batched: query heads sharing a KV head become rows of one matrix product, [B, Hkv, group * t, D],
     masked by call.mask. Causal: the prompt's K and V repeated to every query head, SDPA's is_causal."""
-    num_kv_heads = k_cache.shape[2]
+    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
     group = q.shape[1] // num_kv_heads
     queries = q[call.rows].float()
     if call.causal_len:
         keys = _gather(k_cache, call.block_ids, None)[:, :, : call.causal_len].repeat_interleave(group, dim=1)
         values = _gather(v_cache, call.block_ids, None)[:, :, : call.causal_len].repeat_interleave(group, dim=1)
-        attended = F.scaled_dot_product_attention(
-            rearrange(queries, "t h d -> 1 h t d"), keys, values, is_causal=True, scale=scale
-        )
-        return rearrange(attended, "1 h t d -> t h d").to(q.dtype)
+        prompt = queries.transpose(0, 1)[None]  # [1, Hq, t, D]
+        attended = F.scaled_dot_product_attention(prompt, keys, values, is_causal=True, scale=scale)
+        return attended[0].transpose(0, 1).to(q.dtype)
     keys = _gather(k_cache, call.block_ids, call.unwritten)  # [B, Hkv, L, D] fp32
     values = _gather(v_cache, call.block_ids, call.unwritten)
-    folded = rearrange(queries, "(b t) (h g) d -> b h (g t) d", t=call.query_len, h=num_kv_heads)
+    # Plain views rather than einops: these run at every layer of every step, where its per-call
+    # overhead showed in profiles. "(b t) (h g) d -> b h (g t) d" and back.
+    num_seqs, query_len = keys.shape[0], call.query_len
+    folded = queries.view(num_seqs, query_len, num_kv_heads, group, head_dim).permute(0, 2, 3, 1, 4)
+    folded = folded.reshape(num_seqs, num_kv_heads, group * query_len, head_dim)
     attended = F.scaled_dot_product_attention(folded, keys, values, attn_mask=call.mask, scale=scale)
-    return rearrange(attended, "b h (g t) d -> (b t) (h g) d", g=group).to(q.dtype)
+    attended = attended.view(num_seqs, num_kv_heads, group, query_len, head_dim).permute(0, 3, 1, 2, 4)
+    return attended.reshape(num_seqs * query_len, num_kv_heads * group, head_dim).to(q.dtype)
 
 
 def _unwritten_rows(seq_lens: list[int], block_size: int, padded_len: int, device: torch.device) -> torch.Tensor | None:
@@ -217,11 +221,11 @@ def _gather(cache: torch.Tensor, block_ids: torch.Tensor, unwritten: torch.Tenso
     """The blocks block_ids [B, nb] of cache [num_blocks, bs, Hkv, D] as fp32 [B, Hkv, nb * bs, D], with
     rows `unwritten` (flat indices b * nb * bs + position) zeroed. One index_select for the batch: per
     block or per sequence, the copies' overhead is what costs."""
-    num_seqs = block_ids.shape[0]
-    tokens = rearrange(cache.index_select(0, block_ids.flatten()).float(), "(b n) s h d -> (b n s) h d", b=num_seqs)
+    num_seqs, num_kv_heads, head_dim = block_ids.shape[0], cache.shape[2], cache.shape[3]
+    tokens = cache.index_select(0, block_ids.flatten()).float().view(-1, num_kv_heads, head_dim)  # [(b n s), h, d]
     if unwritten is not None:
         tokens.index_fill_(0, unwritten, 0.0)
-    return rearrange(tokens, "(b l) h d -> b h l d", b=num_seqs)
+    return tokens.view(num_seqs, -1, num_kv_heads, head_dim).transpose(1, 2)
 
 
 def store_kv(
