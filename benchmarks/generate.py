@@ -6,9 +6,9 @@ produce exactly 16 x 64 tokens. transformers runs the whole batch in one `genera
 (its standard batched set-up), from the same converted weights. Each side is warmed up once on a
 short batch first; each timing is the best of --repeats runs. Output tokens per second are reported,
 with the ratio fastswitch / transformers, by wall time and by this process's CPU time (on a machine
-shared with other work the wall time swings with the load; with one torch thread the CPU time does
-not), and how many of the 16 greedy outputs agree exactly (left padding changes floating-point
-summation order, so a late divergence is possible and not an error).
+shared with other work the wall time swings with the load, printed before and after; with one torch
+thread the CPU time moves far less), and how many of the 16 greedy outputs agree exactly (left
+padding changes floating-point summation order, so a late divergence is possible and not an error).
 
     python benchmarks/generate.py [--repeats 1] [--backend auto] [--threads N]
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -118,9 +119,11 @@ def main() -> None:
     prompts = make_prompts(vocab)
     num_tokens = NUM_PROMPTS * NEW_TOKENS
 
+    load_before = os.getloadavg()[0]
     fs_time, fs_tokens, fs_extra = run_fastswitch(gguf, prompts, args.backend, args.repeats)
     hf_time, hf_tokens = run_transformers(folder, prompts, args.repeats)
     agree = sum(a == b for a, b in zip(fs_tokens, hf_tokens))
+    load_after = os.getloadavg()[0]
 
     rows = [("fastswitch LLM.generate", fs_time), ("transformers generate (left-padded batch)", hf_time)]
     device = "cuda" if torch.cuda.is_available() and args.backend != "torch" else "cpu"
@@ -134,6 +137,8 @@ def main() -> None:
     print(f"ratio fastswitch / transformers: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU time; "
           f"greedy outputs identical: {agree}/{NUM_PROMPTS}")
     print(f"fastswitch mean TTFT {fs_extra['mean_ttft_s']:.2f} s, mean TBT {fs_extra['mean_tbt_s'] * 1e3:.1f} ms")
+    print(f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after: above 1 per core, wall times "
+          "swing with the other work; compare the CPU-time ratio")
 
     result = {
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, de-quantised to float32)",
@@ -149,6 +154,7 @@ def main() -> None:
         "ratio": ratio,
         "cpu_time_ratio": cpu_ratio,
         "identical_greedy_outputs": agree,
+        "load_average_1min": [load_before, load_after],
     }
     out = Path(__file__).parent / "results" / "generate.json"
     out.parent.mkdir(parents=True, exist_ok=True)
