@@ -149,7 +149,7 @@ def main() -> None:
     print(f"fastswitch mean TTFT {fs_extra['mean_ttft_s']:.2f} s, mean TBT {fs_extra['mean_tbt_s'] * 1e3:.1f} ms")
     cores = os.cpu_count() or 1
     busy = max(load_before, load_after) > cores
-    note = ": more than one per core, so wall times swing with the other work; compare the CPU-time ratio" if busy else ""
+    note = ": above one per core, wall times swing with the other work; compare the CPU-time ratio" if busy else ""
     print(f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after, {cores} cores{note}")
 
     result = {
