@@ -14,10 +14,10 @@ What is fitted, and from what:
   rate, hence `mfu` against the base profile's peak.
 Without a base profile the measured rates become the peaks, with efficiencies of 1.
 
-On a CPU neither roofline holds; `calibrate_cpu` runs a workload through the real engine instead and
-fits a linear forward-time model, the host's time per step, the step-time jitter, copy costs and the
-copy thread's contention with the stepping thread (fastswitch/sim/host_calibration.py). The
-command line takes that path when the device is a CPU. The
+On a CPU neither roofline holds; `fastswitch.sim.cpu_calibration` times the real model on the batches
+a simulated calibration workload makes instead and fits a linear forward-time model, the host's time
+per step, the step-time jitter, copy costs and the copy thread's contention with the stepping thread.
+The command line takes that path when the device is a CPU. The
 table sets every measurement beside the calibrated profile's prediction; with
 `--workload-conversations N` a small multi-turn workload then runs for real (wall clock) and in
 simulation on the calibrated profile, and their metrics are printed side by side.
@@ -210,26 +210,6 @@ def compare_with_real_run(model, shape: ModelShape, profile: HardwareProfile, wo
     return [{"metric": k, "real": float(real[k]), "simulated": float(simulated[k])} for k in keys]
 
 
-def calibrate_cpu(model, workload: Workload, max_model_len: int, name: str = "cpu", block_size: int = 16,
-                  preset: str = "fastswitch", scheduler_mode: str | None = None) -> HardwareProfile:  # fmt: skip
-    """A profile of this CPU for model (a LlamaForServing), from workload run on the real engine with a
-    device pool that holds every context at once (no swap hides in the timed steps). Attention runs on
-    the torch path, as the runs it is set beside should (Triton's interpreter is for tests only)."""
-    from fastswitch.engine import Engine
-    from fastswitch.sim.host_calibration import cpu_profile, trace_engine_run
-    from fastswitch.sim.workload_driver import sleep_until
-
-    num_blocks = len(workload.conversations) * -(-max_model_len // block_size) + 1
-    extra = {} if scheduler_mode is None else {"scheduler_mode": scheduler_mode}
-    config = EngineConfig.from_preset(preset, num_gpu_blocks=num_blocks, max_model_len=max_model_len,
-                                      block_size=block_size, policy="fcfs", attention_backend="torch",
-                                      **extra)  # fmt: skip
-    engine = Engine.for_model(model, config, max_model_len, num_blocks)
-    timings = trace_engine_run(engine, workload, sleep_until)
-    engine.close()
-    return cpu_profile(name, model, timings, block_size)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastswitch.sim.calibrate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="HF folder or .gguf (default: the embedded SmolLM2-135M)")
@@ -240,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="where to write the profile JSON")
     parser.add_argument("--workload-conversations", type=int, default=0,
                         help="then run this many conversations for real and simulated, and compare")  # fmt: skip
-    parser.add_argument("--preset", default="fastswitch", help="engine preset of the comparison run")
+    parser.add_argument("--preset", default="fastswitch", help="engine preset of the CPU calibration and comparison runs")
     args = parser.parse_args(argv)
 
     from fastswitch.models.loader import load_model, resolve_device
@@ -264,7 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         calibration = synthetic_sharegpt(8, rate=4.0, seed=1000, mean_prompt_tokens=200, mean_response_tokens=60,
                                          think_time_mean=0.3, max_context_tokens=1024,
                                          vocab_range=(1, loaded.model.vocab_size))  # fmt: skip
-        profile = calibrate_cpu(loaded.model, calibration, 1024, name=args.name)
+        from fastswitch.sim.cpu_calibration import CpuCalibrator
+
+        # A pool that holds every context at once: no swap interleaves with the calibration's steps.
+        blocks = len(calibration.conversations) * 1024 // 16 + 1
+        config = EngineConfig.from_preset(args.preset, num_gpu_blocks=blocks, max_model_len=1024, policy="fcfs",
+                                          attention_backend="torch")  # fmt: skip
+        calibrator = CpuCalibrator(loaded.model, shape, [(config, calibration)], 1024)
+        profile = calibrator.profile(args.name, [calibrator.measure("calibration")])
     else:
         copies = measure_copies(device)
         decodes, prefills = measure_steps(loaded.model)
