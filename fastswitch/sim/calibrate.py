@@ -30,6 +30,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -84,15 +85,18 @@ def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int)
     return statistics.median(times)
 
 
-def measure_copies(device: torch.device, sizes: Sequence[int] = COPY_SIZES, repeats: int = 5) -> dict[str, list[tuple[int, float]]]:
+def measure_copies(device: torch.device, sizes: Sequence[int] = COPY_SIZES,
+                   repeats: int = 5) -> dict[str, list[tuple[int, float]]]:  # fmt: skip
     """Seconds per copy of each size, host -> device ("h2d") and device -> host ("d2h")."""
     pinned = device.type == "cuda"
     result: dict[str, list[tuple[int, float]]] = {"h2d": [], "d2h": []}
     for size in sizes:
         host = torch.empty(size, dtype=torch.uint8, pin_memory=pinned)
         dev = torch.empty(size, dtype=torch.uint8, device=device)
-        result["h2d"].append((size, median_seconds(lambda: dev.copy_(host, non_blocking=pinned), device, repeats)))
-        result["d2h"].append((size, median_seconds(lambda: host.copy_(dev, non_blocking=pinned), device, repeats)))
+        h2d = partial(dev.copy_, host, non_blocking=pinned)
+        d2h = partial(host.copy_, dev, non_blocking=pinned)
+        result["h2d"].append((size, median_seconds(h2d, device, repeats)))
+        result["d2h"].append((size, median_seconds(d2h, device, repeats)))
     return result
 
 
@@ -114,7 +118,8 @@ def measure_steps(model, block_size: int = 16, repeats: int = 3, decode_batches=
 
     def run(batch: tuple[tuple[int, int], ...]) -> StepMeasurement:
         per = blocks_per_seq(batch)
-        chunks = [ForwardChunk([1] * new, cached, list(range(i * per, (i + 1) * per))) for i, (new, cached) in enumerate(batch)]
+        chunks = [ForwardChunk([1] * new, cached, list(range(i * per, (i + 1) * per)))
+                  for i, (new, cached) in enumerate(batch)]  # fmt: skip
         with torch.inference_mode():
             return StepMeasurement(batch, median_seconds(lambda: runner.forward(chunks), model.device, repeats))
 
@@ -188,8 +193,9 @@ def prediction_rows(profile: HardwareProfile, shape: ModelShape, copies, decodes
     for direction, points in copies.items():
         for size, seconds in points:
             predicted = model.copy_time(size, 1, direction)
+            error = 100 * (predicted - seconds) / seconds
             rows.append({"what": f"copy {direction} {size // 1024} KiB", "measured_ms": seconds * 1e3,
-                         "predicted_ms": predicted * 1e3, "error_%": 100 * (predicted - seconds) / seconds})  # fmt: skip
+                         "predicted_ms": predicted * 1e3, "error_%": error})  # fmt: skip
     return rows
 
 
@@ -197,6 +203,8 @@ def compare_with_real_run(model, shape: ModelShape, profile: HardwareProfile, wo
                           config: EngineConfig, max_model_len: int) -> list[dict]:  # fmt: skip
     """Runs workload on the real engine (wall clock) and on the simulated one (profile); one row per
     headline metric with both values. config needs num_gpu_blocks set."""
+    if config.num_gpu_blocks is None:
+        raise ValueError("config.num_gpu_blocks=None: the real run needs an explicit device pool size")
     from fastswitch.engine import Engine
     from fastswitch.sim.simulator import simulate
     from fastswitch.sim.workload_driver import replay, sleep_until
@@ -220,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="where to write the profile JSON")
     parser.add_argument("--workload-conversations", type=int, default=0,
                         help="then run this many conversations for real and simulated, and compare")  # fmt: skip
-    parser.add_argument("--preset", default="fastswitch", help="engine preset of the CPU calibration and comparison runs")
+    parser.add_argument("--preset", default="fastswitch",
+                        help="engine preset of the CPU calibration and of the comparison run")  # fmt: skip
     args = parser.parse_args(argv)
 
     from fastswitch.models.loader import load_model, resolve_device
@@ -266,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         workload = synthetic_sharegpt(args.workload_conversations, rate=0.5, seed=0, max_context_tokens=max_model_len,
                                       think_time_mean=2.0, vocab_range=(0, loaded.model.vocab_size))  # fmt: skip
         # A KV pool for about four full contexts, so that the comparison run preempts and swaps.
-        config = EngineConfig.from_preset(args.preset, num_gpu_blocks=4 * max_model_len // 16, max_model_len=max_model_len,
+        config = EngineConfig.from_preset(args.preset, num_gpu_blocks=4 * max_model_len // 16,
+                                          max_model_len=max_model_len,
                                           policy="priority", priority_update_freq=0.04)  # fmt: skip
         rows = compare_with_real_run(loaded.model, shape, profile, workload, config, max_model_len)
         print("\n" + format_table(rows, ("metric", "real", "simulated")))

@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fastswitch.sim.hardware import GB, US, HardwareProfile
+from fastswitch.sim.hardware import US, HardwareProfile
 from fastswitch.sim.model_shapes import ModelShape
 
 
@@ -103,7 +103,7 @@ class CostModel:
         if n == 1 or num_tokens == 0:
             return 0.0
         message = num_tokens * m.hidden_size * m.dtype_bytes
-        one = 2 * (n - 1) / n * message / (hw.gpu_link_gbs * GB) + hw.allreduce_latency_us * US
+        one = 2 * (n - 1) / n * message / hw.gpu_link_bandwidth + hw.allreduce_latency_us * US
         return 2 * m.num_layers * one
 
     def step_cost(self, batch: Sequence[tuple[int, int]]) -> StepCost:

@@ -16,6 +16,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 GB = 1e9  # decimal, as vendors quote bandwidth
 GIB = 2**30  # binary, as device memory is reported
@@ -113,6 +114,11 @@ class HardwareProfile:
             if not factors or min(factors) <= 0:
                 raise ValueError(f"step_jitter={self.step_jitter!r} must be factors > 0 (profile {self.name!r})")
             object.__setattr__(self, "step_jitter", factors)
+
+    @property
+    def gpu_link_bandwidth(self) -> float:
+        """Bytes/s per direction between two GPUs of one machine (tensor-parallel all-reduces)."""
+        return cast(float, self.gpu_link_gbs) * GB  # __post_init__ resolved None to the host link's rate
 
     @property
     def memory_bytes(self) -> int:

@@ -128,8 +128,8 @@ def _copy_pools(num_layers: int, block_size: int, num_kv_heads: int, head_dim: i
     return device, KVCache.host_pool_for(device, num_blocks)
 
 
-def _per_layer_job(blocks: int, device: KVCache, direction: str = "out") -> CopyJob:
-    return CopyJob(direction, (CopyPair(0, 0, blocks),), True, device.num_layers, device.block_bytes)
+def _per_layer_job(blocks: int, device: KVCache) -> CopyJob:
+    return CopyJob("out", (CopyPair(0, 0, blocks),), True, device.num_layers, device.block_bytes)
 
 
 def measure_copy_costs(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, dtype,
