@@ -8,10 +8,11 @@ wall clock) and in simulation on a profile of this CPU calibrated in the same ru
 Steps: (1) calibrate (fastswitch.sim.cpu_calibration.CpuCalibrator): a workload of another seed runs in
 the simulator for both presets, and the real model is timed on a draw of the batches those runs make;
 (2) timing sessions of those batches are taken before the first real run, between the two and after
-the second, and each preset's profile is fitted from the two sessions around its own real run, so a
-load that changes during the benchmark shows (load factors and load averages are reported); (3) per
-preset the workload runs on the real engine, every step timed, and on the simulated engine with that
-profile; (4) the relative error of the simulated P50 and P90 of TTFT (over turns) and TBT (over token
+the second, so a load that changes during the benchmark shows (load factors and load averages are
+reported per session, and per preset the change over its real run), and the profile is fitted from
+each batch's median over the three sessions (a burst of load during one session does not move it);
+(3) per preset the workload runs on the real engine, every step timed, and on the simulated engine
+with that profile; (4) the relative error of the simulated P50 and P90 of TTFT (over turns) and TBT (over token
 gaps) against the real ones, and per real step the forward time the profile predicts against the one
 measured. Goal: within 10% at P50 and 20% at P90.
 """
@@ -62,7 +63,12 @@ class Setup:
     calibration_conversations: int
 
 
-FULL = Setup(None, 12, 1.0, 120, 60, 1.0, 1024, 96, 10)
+# Light enough that the real run is not overloaded on a loaded 2-core machine (an overloaded run
+# queues without bound, and its TTFT then follows the load of the moment more than the model), yet
+# about six conversations are live at once on a pool for 1,024 tokens (96 blocks made a single
+# preemption per preset). 12 conversations at 1/s with 60-token answers took 19 minutes at load
+# average 5 and queued turns for 25-50 s.
+FULL = Setup(None, 8, 0.5, 100, 40, 2.0, 768, 64, 8)
 QUICK = Setup("tiny-random", 12, 1000.0, 50, 24, 0.3, 256, 16, 8)
 
 
@@ -126,18 +132,20 @@ def compare(setup: Setup, seed: int = 0, scheduler_mode: str | None = None, log=
     sessions = [calibrator.measure("before")]
     log(f"calibrated ({len(calibrator.drawn)} batches of {len(calibrator.traced)} simulated steps) "
         f"at {time.perf_counter() - started:.1f} s")  # fmt: skip
-    result: dict = {}
+    runs: dict = {}
     for preset, label in zip(PRESETS, ("between", "after")):
-        config = configs[preset]
-        real_engine = Engine.for_model(model, config, setup.max_model_len, setup.num_gpu_blocks)
+        real_engine = Engine.for_model(model, configs[preset], setup.max_model_len, setup.num_gpu_blocks)
         with traced_steps(real_engine) as steps:
             real = latencies(replay(real_engine, workload, sleep_until))
         real_engine.close()
         sessions.append(calibrator.measure(label))
-        before, after = sessions[-2:]
-        profile = calibrator.profile(f"this-cpu-{preset}", (before, after))
-        log(f"{preset}: real run and session {label!r} done at {time.perf_counter() - started:.1f} s: {profile}")
-        sim = build_simulated_engine(config, shape, profile, max_model_len=setup.max_model_len)
+        runs[preset] = (real, steps, real_engine.stats()["num_preemptions"], sessions[-2:])
+        log(f"{preset}: real run and timing session {label!r} done at {time.perf_counter() - started:.1f} s")
+    profile = calibrator.profile("this-cpu", sessions)
+    log(f"profile of this CPU: {profile}")
+    result: dict = {}
+    for preset, (real, steps, preemptions, (before, after)) in runs.items():
+        sim = build_simulated_engine(configs[preset], shape, profile, max_model_len=setup.max_model_len)
         simulated = latencies(replay(sim.engine, workload, sim.clock.advance_to))
         sim.engine.close()
         row: dict = {}
@@ -146,7 +154,7 @@ def compare(setup: Setup, seed: int = 0, scheduler_mode: str | None = None, log=
                 row[f"{name}_p{q}_rel_error"] = rel_error(s, r, q)
                 row[f"{name}_p{q}_real_s"] = float(np.percentile(r, q))
                 row[f"{name}_p{q}_sim_s"] = float(np.percentile(s, q))
-        row["preemptions_real"] = real_engine.stats()["num_preemptions"]
+        row["preemptions_real"] = preemptions
         row["preemptions_sim"] = sim.engine.stats()["num_preemptions"]
         row.update(step_errors(CostModel(shape, profile), steps))
         row["sessions"] = [session_row(before, sessions[0]), session_row(after, sessions[0])]

@@ -18,7 +18,8 @@ timed, on the batch shapes that matter, in four steps (`CpuCalibrator`):
    the same whatever the values). Sessions can be taken before, between and after real runs;
    `load_factor` says how much slower one session's steps were than another's (a change of machine
    load), and `profile` fits one from any of them: the forward line (5 coefficients) and the
-   step-time jitter from the sessions, the host time from the simulated trace, copy costs from step 1.
+   step-time jitter from each batch's median time over the sessions, the host time from the
+   simulated trace, copy costs from step 1.
 """
 
 from __future__ import annotations
@@ -179,10 +180,13 @@ class CpuCalibrator:
         return TimingSession(label, started_utc, load, time.perf_counter() - started, tuple(timings))
 
     def profile(self, name: str, sessions: Sequence[TimingSession]) -> HardwareProfile:
-        """The profile fitted from the timings of sessions, pooled."""
+        """The profile fitted from each drawn batch's median forward time over sessions: with three or
+        more, a burst of load during one session does not move it."""
         if not sessions:
             raise ValueError("sessions is empty: take one with measure() first")
-        return self._profile(name, [t for s in sessions for t in s.timings], self.traced)
+        medians = [replace(timings[0], forward_s=statistics.median(t.forward_s for t in timings))
+                   for timings in zip(*(s.timings for s in sessions))]  # fmt: skip
+        return self._profile(name, medians, self.traced)
 
     def _profile(self, name: str, forwards: Sequence[StepTiming], hosts: Sequence[StepTiming]) -> HardwareProfile:
         """The forward line and jitter from forwards, the host time from hosts, the copy costs measured.

@@ -2,6 +2,7 @@
 batches a simulated run makes and fits a profile the simulator takes."""
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -88,3 +89,9 @@ def test_load_factor_is_the_median_slowdown_of_the_same_batches():
     assert load_factor(session("busy", [0.02, 0.04, 0.2]), quiet) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="different batch sets"):
         load_factor(session("short", [0.01]), quiet)
+
+
+def test_a_burst_of_load_in_one_of_three_sessions_does_not_move_the_profile(calibrator):
+    quiet = calibrator.measure("quiet")
+    burst = replace(quiet, label="burst", timings=tuple(replace(t, forward_s=10 * t.forward_s) for t in quiet.timings))
+    assert calibrator.profile("p", [quiet, burst, quiet]) == calibrator.profile("p", [quiet])
