@@ -9,8 +9,9 @@ Steps: (1) calibrate (fastswitch.sim.cpu_calibration.CpuCalibrator): a workload 
 the simulator for both presets, and the real model is timed on a draw of the batches those runs make;
 (2) timing sessions of those batches are taken before the first real run, between the two and after
 the second, so a load that changes during the benchmark shows (load factors and load averages are
-reported per session, and per preset the change over its real run), and the profile is fitted from
-each batch's median over the three sessions (a burst of load during one session does not move it);
+reported per session, and per preset the change over its real run); the profile's forward line is
+fitted from each batch's median over the three sessions (a burst of load during one does not move
+it) and its step-time jitter from all their timings (the spread as the load came and went);
 (3) per preset the workload runs on the real engine, every step timed, and on the simulated engine
 with that profile; (4) the relative error of the simulated P50 and P90 of TTFT (over turns) and TBT (over token
 gaps) against the real ones, and per real step the forward time the profile predicts against the one

@@ -17,9 +17,9 @@ timed, on the batch shapes that matter, in four steps (`CpuCalibrator`):
    (forward and sampler, what a real step's `execute` does) on a KV pool of zeros (attention costs
    the same whatever the values). Sessions can be taken before, between and after real runs;
    `load_factor` says how much slower one session's steps were than another's (a change of machine
-   load), and `profile` fits one from any of them: the forward line (5 coefficients) and the
-   step-time jitter from each batch's median time over the sessions, the host time from the
-   simulated trace, copy costs from step 1.
+   load), and `profile` fits one from any of them: the forward line (5 coefficients) from each
+   batch's median time over the sessions, the step-time jitter from all their timings, the host
+   time from the simulated trace, copy costs from step 1.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from fastswitch.models.sampling import Sampler
 from fastswitch.sched.request import ScheduledChunk
 from fastswitch.sim.hardware import GB, HardwareProfile
 from fastswitch.sim.host_calibration import (
+    NUM_LINEAR_TERMS,
     StepTiming,
     fit_host_time,
     fit_linear_steps,
@@ -49,6 +50,8 @@ from fastswitch.sim.host_calibration import (
     traced_steps,
 )
 from fastswitch.sim.model_shapes import ModelShape
+from fastswitch.sim.simulator import build_simulated_engine
+from fastswitch.sim.workload_driver import replay
 from fastswitch.workloads import Workload
 
 # (new tokens, cached tokens) per sequence: one token, decode batches, prefills, and a mixed step.
@@ -103,6 +106,8 @@ class CpuCalibrator:
         """model: a LlamaForServing on the CPU; shape: its ModelShape (the simulated runs' KV sizes)."""
         if not runs:
             raise ValueError("runs is empty: give at least one (engine config, workload) to draw batches from")
+        if batches_per_session < NUM_LINEAR_TERMS:
+            raise ValueError(f"batches_per_session={batches_per_session} cannot fit {NUM_LINEAR_TERMS} coefficients")
         block_sizes = {config.block_size for config, _ in runs}
         if len(block_sizes) != 1:
             raise ValueError(f"the runs' configs have block sizes {sorted(block_sizes)}; calibrate one at a time")
@@ -115,10 +120,7 @@ class CpuCalibrator:
         probe_cache = self._cache(PROBE_BATCHES)
         probe_runner = ModelRunner(model, probe_cache, backend="torch")
         probe = [StepTiming(batch, self._time_probe(probe_runner, batch), 0.0) for batch in PROBE_BATCHES]
-        rough = self._profile("probe", probe, probe)
-
-        from fastswitch.sim.simulator import build_simulated_engine
-        from fastswitch.sim.workload_driver import replay
+        rough = self._profile("probe", probe, probe, probe)
 
         self.traced: list[StepTiming] = []
         for config, workload in runs:
@@ -127,7 +129,7 @@ class CpuCalibrator:
                 replay(sim.engine, workload, sim.clock.advance_to)
             sim.engine.close()
             self.traced += steps
-        if len(self.traced) < len(PROBE_BATCHES):
+        if len(self.traced) < NUM_LINEAR_TERMS:
             raise ValueError(f"the calibration runs made {len(self.traced)} steps; give longer workloads")
         self.drawn = draw_steps(self.traced, batches_per_session, random.Random(seed))
         self._batches = [self._packed(step.chunks) for step in self.drawn]
@@ -180,18 +182,20 @@ class CpuCalibrator:
         return TimingSession(label, started_utc, load, time.perf_counter() - started, tuple(timings))
 
     def profile(self, name: str, sessions: Sequence[TimingSession]) -> HardwareProfile:
-        """The profile fitted from each drawn batch's median forward time over sessions: with three or
-        more, a burst of load during one session does not move it."""
+        """The profile fitted from sessions: the forward line from each drawn batch's median time over
+        them (with three or more, a burst of load during one does not move it), the jitter from all
+        their timings (the spread of step times as the load came and went)."""
         if not sessions:
             raise ValueError("sessions is empty: take one with measure() first")
         medians = [replace(timings[0], forward_s=statistics.median(t.forward_s for t in timings))
                    for timings in zip(*(s.timings for s in sessions))]  # fmt: skip
-        return self._profile(name, medians, self.traced)
+        return self._profile(name, medians, [t for s in sessions for t in s.timings], self.traced)
 
-    def _profile(self, name: str, forwards: Sequence[StepTiming], hosts: Sequence[StepTiming]) -> HardwareProfile:
-        """The forward line and jitter from forwards, the host time from hosts, the copy costs measured.
-        The roofline fields only need to be valid (a linear profile never reads them): they hold the
-        measured copy rate and a nominal 1 TFLOP/s."""
+    def _profile(self, name: str, forwards: Sequence[StepTiming], spread: Sequence[StepTiming],
+                 hosts: Sequence[StepTiming]) -> HardwareProfile:  # fmt: skip
+        """The forward line from forwards, the jitter from spread, the host time from hosts, the copy
+        costs measured. The roofline fields only need to be valid (a linear profile never reads them):
+        they hold the measured copy rate and a nominal 1 TFLOP/s."""
         linear = fit_linear_steps(forwards)
         step_us, seq_us = fit_host_time(hosts)
         rate_gbs = self.copy_rate / GB
@@ -199,7 +203,7 @@ class CpuCalibrator:
             name, peak_tflops=1.0, memory_bandwidth_gbs=rate_gbs, memory_gib=1.0, h2d_gbs=rate_gbs, d2h_gbs=rate_gbs,
             copy_call_latency_us=0.0, step_overhead_us=0.0, copy_call_cpu_us=self.copy_call_cpu_us,
             copy_thread_contention=self.contention, scheduler_step_us=step_us, scheduler_seq_us=seq_us,
-            linear_step_us=linear, step_jitter=jitter_factors(forwards, linear, (step_us, seq_us)),
+            linear_step_us=linear, step_jitter=jitter_factors(spread, linear, (step_us, seq_us)),
         )  # fmt: skip
 
 

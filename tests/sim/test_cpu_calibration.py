@@ -91,7 +91,9 @@ def test_load_factor_is_the_median_slowdown_of_the_same_batches():
         load_factor(session("short", [0.01]), quiet)
 
 
-def test_a_burst_of_load_in_one_of_three_sessions_does_not_move_the_profile(calibrator):
+def test_a_burst_of_load_in_one_of_three_sessions_widens_the_jitter_but_does_not_move_the_line(calibrator):
     quiet = calibrator.measure("quiet")
     burst = replace(quiet, label="burst", timings=tuple(replace(t, forward_s=10 * t.forward_s) for t in quiet.timings))
-    assert calibrator.profile("p", [quiet, burst, quiet]) == calibrator.profile("p", [quiet])
+    alone, with_burst = calibrator.profile("p", [quiet]), calibrator.profile("p", [quiet, burst, quiet])
+    assert with_burst.linear_step_us == alone.linear_step_us
+    assert max(with_burst.step_jitter) > 5 * max(alone.step_jitter)
