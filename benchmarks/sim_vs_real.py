@@ -1,7 +1,7 @@
 """The simulator against a real run: one multi-turn workload with preemptions, on the real engine (CPU,
 wall clock) and in simulation on a profile of this CPU calibrated in the same run, per preset.
 
-    python benchmarks/sim_vs_real.py                 # SmolLM2-135M (the embedded model), 8-10 minutes
+    python benchmarks/sim_vs_real.py                 # SmolLM2-135M (embedded), ~4.5 min at load average 2-3
     python benchmarks/sim_vs_real.py --quick         # the tiny random Llama, about a minute
     python benchmarks/sim_vs_real.py --out sim_vs_real.json
 
