@@ -2,7 +2,7 @@
 wall clock) and in simulation on a profile of this CPU calibrated in the same run, per preset.
 
     python benchmarks/sim_vs_real.py                 # SmolLM2-135M (embedded), ~4.5 min at load average 2-3
-    python benchmarks/sim_vs_real.py --quick         # the tiny random Llama, about a minute
+    python benchmarks/sim_vs_real.py --quick         # the tiny random Llama, under a minute
     python benchmarks/sim_vs_real.py --out sim_vs_real.json
 
 Steps: (1) calibrate (fastswitch.sim.cpu_calibration.CpuCalibrator): a workload of another seed runs in
@@ -167,7 +167,7 @@ def compare(setup: Setup, seed: int = 0, scheduler_mode: str | None = None, log=
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the tiny random Llama and a small workload (~1 min)")
+    parser.add_argument("--quick", action="store_true", help="the tiny random Llama, a small workload (<1 min)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scheduler-mode", help="EngineConfig.scheduler_mode of both presets (default: the config's)")
     parser.add_argument("--out", type=Path, help="write the errors as JSON here")
