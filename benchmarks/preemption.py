@@ -11,23 +11,33 @@ On a CPU "device" and "host" memory are the same DRAM and a copy call costs a me
 PCIe transaction, so the latency gaps are far smaller than on a GPU (see the simulator for those);
 what carries over unchanged is the number of copy calls and bytes each mechanism issues.
 
-    python benchmarks/preemption.py [--conversations 12] [--gpu-blocks 24] [--model PATH]
+    python benchmarks/preemption.py [--conversations 12] [--gpu-blocks 24] [--model PATH] [--scheduler-mode M]
+
+The JSON (benchmarks/results/preemption.json) records the date, the load average before and after, and
+per preset its scheduler mode and priority trace digest (equal for both: the same priorities).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
+# Run as a script, this folder comes first on sys.path, and its kernels.py would shadow the `kernels`
+# package that transformers probes for at import: leave the folder out.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from fastswitch.build import build_engine
-from fastswitch.config import EngineConfig
-from fastswitch.models.loader import load_model
-from fastswitch.sim.workload_driver import replay
-from fastswitch.workloads import synthetic_sharegpt
+import torch  # noqa: E402
+
+from fastswitch.build import build_engine  # noqa: E402
+from fastswitch.config import EngineConfig  # noqa: E402
+from fastswitch.models.loader import load_model  # noqa: E402
+from fastswitch.sim.workload_driver import replay  # noqa: E402
+from fastswitch.workloads import synthetic_sharegpt  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 PRESETS = ("vllm", "fastswitch")
@@ -52,11 +62,12 @@ def default_model() -> Path:
 
 
 def run_preset(model, preset: str, args, workload) -> dict:
+    extra = {} if args.scheduler_mode is None else {"scheduler_mode": args.scheduler_mode}
     config = EngineConfig.from_preset(
         preset, block_size=16, num_gpu_blocks=args.gpu_blocks, num_cpu_blocks=args.gpu_blocks * 8, max_model_len=2048,
         max_num_seqs=8, max_num_batched_tokens=256, policy="priority", priority_pattern="random",
-        priority_update_freq=args.update_freq, seed=args.seed, attention_backend="torch",
-    )
+        priority_update_freq=args.update_freq, seed=args.seed, attention_backend="torch", **extra,
+    )  # fmt: skip
     engine = build_engine(model, config)
     start = time.perf_counter()
     outputs = replay(engine, workload, wait_until=lambda t: time.sleep(max(0.0, t - time.monotonic())), progress=True)
@@ -79,16 +90,19 @@ def ratio(vllm: float, fast: float, lower_is_better: bool) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None,
-                        help="Llama checkpoint folder or .gguf (default: SmolLM2-135M-Instruct)")  # fmt: skip
+                        help="Llama checkpoint folder or .gguf (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--conversations", type=int, default=12)
     parser.add_argument("--gpu-blocks", type=int, default=24,
-                        help="device KV blocks of 16 tokens (small: forces swaps)")  # fmt: skip
+                        help="device KV blocks of 16 tokens (small: forces swaps)")
     parser.add_argument("--update-freq", type=float, default=0.04,
-                        help="per-iteration probability of a priority re-draw")  # fmt: skip
+                        help="the paper's per-iteration re-draw probability (replayed as the workload's trace)")
+    parser.add_argument("--scheduler-mode", help="EngineConfig.scheduler_mode of both presets (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: tiny steps gain nothing from more on a shared CPU)")  # fmt: skip
+                        help="torch threads (1: tiny steps gain nothing from more on a shared CPU)")
     args = parser.parse_args()
+    started_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    load_before = os.getloadavg()
     torch.set_num_threads(args.threads)
 
     loaded = load_model(args.model or default_model(), dtype="float32", progress=False)
@@ -112,7 +126,15 @@ def main() -> None:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "preemption.json"
-    out.write_text(json.dumps({"args": vars(args), "workload": workload.summary(), "table": table,
+    run = {
+        "date_utc": started_utc,
+        "load_average_before": load_before,  # os.getloadavg(): 1, 5, 15 minutes
+        "load_average_after": os.getloadavg(),
+        "scheduler_mode": {p: results[p]["scheduler_mode"] for p in PRESETS},
+        "priority_trace_digest": {p: results[p]["priority_trace_digest"] for p in PRESETS},
+    }
+    print(f"run: {run}")
+    out.write_text(json.dumps({**run, "args": vars(args), "workload": workload.summary(), "table": table,
                                "stats": results}, indent=2, default=float))  # fmt: skip
     print(f"wrote {out}")
 

@@ -14,10 +14,10 @@ What is fitted, and from what:
   rate, hence `mfu` against the base profile's peak.
 Without a base profile the measured rates become the peaks, with efficiencies of 1.
 
-On a CPU neither roofline holds; `calibrate_cpu` runs a workload through the real engine instead and
-fits a linear forward-time model, the host's time per step, the step-time jitter, copy costs and the
-copy thread's contention with the stepping thread (fastswitch/sim/host_calibration.py). The
-command line takes that path when the device is a CPU. The
+On a CPU neither roofline holds; `fastswitch.sim.cpu_calibration` times the real model on the batches
+a simulated calibration workload makes instead and fits a linear forward-time model, the host's time
+per step, the step-time jitter, copy costs and the copy thread's contention with the stepping thread.
+The command line takes that path when the device is a CPU. The
 table sets every measurement beside the calibrated profile's prediction; with
 `--workload-conversations N` a small multi-turn workload then runs for real (wall clock) and in
 simulation on the calibrated profile, and their metrics are printed side by side.
@@ -31,6 +31,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -86,15 +87,18 @@ def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int)
     return statistics.median(times)
 
 
-def measure_copies(device: torch.device, sizes: Sequence[int] = COPY_SIZES, repeats: int = 5) -> dict[str, list[tuple[int, float]]]:
+def measure_copies(device: torch.device, sizes: Sequence[int] = COPY_SIZES,
+                   repeats: int = 5) -> dict[str, list[tuple[int, float]]]:  # fmt: skip
     """Seconds per copy of each size, host -> device ("h2d") and device -> host ("d2h")."""
     pinned = device.type == "cuda"
     result: dict[str, list[tuple[int, float]]] = {"h2d": [], "d2h": []}
     for size in sizes:
         host = torch.empty(size, dtype=torch.uint8, pin_memory=pinned)
         dev = torch.empty(size, dtype=torch.uint8, device=device)
-        result["h2d"].append((size, median_seconds(lambda: dev.copy_(host, non_blocking=pinned), device, repeats)))
-        result["d2h"].append((size, median_seconds(lambda: host.copy_(dev, non_blocking=pinned), device, repeats)))
+        h2d = partial(dev.copy_, host, non_blocking=pinned)
+        d2h = partial(host.copy_, dev, non_blocking=pinned)
+        result["h2d"].append((size, median_seconds(h2d, device, repeats)))
+        result["d2h"].append((size, median_seconds(d2h, device, repeats)))
     return result
 
 
@@ -116,7 +120,8 @@ def measure_steps(model, block_size: int = 16, repeats: int = 3, decode_batches=
 
     def run(batch: tuple[tuple[int, int], ...]) -> StepMeasurement:
         per = blocks_per_seq(batch)
-        chunks = [StepChunk([1] * new, cached, list(range(i * per, (i + 1) * per))) for i, (new, cached) in enumerate(batch)]
+        chunks = [StepChunk([1] * new, cached, list(range(i * per, (i + 1) * per)))
+                  for i, (new, cached) in enumerate(batch)]  # fmt: skip
         with torch.inference_mode():
             return StepMeasurement(batch, median_seconds(lambda: runner.forward(chunks), model.device, repeats))
 
@@ -190,8 +195,9 @@ def prediction_rows(profile: HardwareProfile, shape: ModelShape, copies, decodes
     for direction, points in copies.items():
         for size, seconds in points:
             predicted = model.copy_time(size, 1, direction)
+            error = 100 * (predicted - seconds) / seconds
             rows.append({"what": f"copy {direction} {size // 1024} KiB", "measured_ms": seconds * 1e3,
-                         "predicted_ms": predicted * 1e3, "error_%": 100 * (predicted - seconds) / seconds})  # fmt: skip
+                         "predicted_ms": predicted * 1e3, "error_%": error})  # fmt: skip
     return rows
 
 
@@ -199,6 +205,8 @@ def compare_with_real_run(model, shape: ModelShape, profile: HardwareProfile, wo
                           config: EngineConfig, max_model_len: int) -> list[dict]:  # fmt: skip
     """Runs workload on the real engine (wall clock) and on the simulated one (profile); one row per
     headline metric with both values. config needs num_gpu_blocks set."""
+    if config.num_gpu_blocks is None:
+        raise ValueError("config.num_gpu_blocks=None: the real run needs an explicit device pool size")
     from fastswitch.build import build_engine
     from fastswitch.sim.simulator import simulate
     from fastswitch.sim.workload_driver import replay, sleep_until
@@ -212,26 +220,6 @@ def compare_with_real_run(model, shape: ModelShape, profile: HardwareProfile, wo
     return [{"metric": k, "real": float(real[k]), "simulated": float(simulated[k])} for k in keys]
 
 
-def calibrate_cpu(model, workload: Workload, max_model_len: int, name: str = "cpu", block_size: int = 16,
-                  preset: str = "fastswitch", scheduler_mode: str | None = None) -> HardwareProfile:  # fmt: skip
-    """A profile of this CPU for model (a LlamaForServing), from workload run on the real engine with a
-    device pool that holds every context at once (no swap hides in the timed steps). Attention runs on
-    the torch path, as the runs it is set beside should (Triton's interpreter is for tests only)."""
-    from fastswitch.build import build_engine
-    from fastswitch.sim.host_calibration import cpu_profile, trace_engine_run
-    from fastswitch.sim.workload_driver import sleep_until
-
-    num_blocks = len(workload.conversations) * -(-max_model_len // block_size) + 1
-    extra = {} if scheduler_mode is None else {"scheduler_mode": scheduler_mode}
-    config = EngineConfig.from_preset(preset, num_gpu_blocks=num_blocks, max_model_len=max_model_len,
-                                      block_size=block_size, policy="fcfs", attention_backend="torch",
-                                      **extra)  # fmt: skip
-    engine = build_engine(model, config)
-    timings = trace_engine_run(engine, workload, sleep_until)
-    engine.close()
-    return cpu_profile(name, model, timings, block_size)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastswitch.sim.calibrate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="HF folder or .gguf (default: the embedded SmolLM2-135M)")
@@ -242,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="where to write the profile JSON")
     parser.add_argument("--workload-conversations", type=int, default=0,
                         help="then run this many conversations for real and simulated, and compare")  # fmt: skip
-    parser.add_argument("--preset", default="fastswitch", help="engine preset of the comparison run")
+    parser.add_argument("--preset", default="fastswitch",
+                        help="engine preset of the CPU calibration and of the comparison run")  # fmt: skip
     args = parser.parse_args(argv)
 
     from fastswitch.models.loader import load_model, resolve_device
@@ -266,7 +255,14 @@ def main(argv: list[str] | None = None) -> int:
         calibration = synthetic_sharegpt(8, rate=4.0, seed=1000, mean_prompt_tokens=200, mean_response_tokens=60,
                                          think_time_mean=0.3, max_context_tokens=1024,
                                          vocab_range=(1, loaded.model.vocab_size))  # fmt: skip
-        profile = calibrate_cpu(loaded.model, calibration, 1024, name=args.name)
+        from fastswitch.sim.cpu_calibration import CpuCalibrator
+
+        # A pool that holds every context at once: no swap interleaves with the calibration's steps.
+        blocks = len(calibration.conversations) * 1024 // 16 + 1
+        config = EngineConfig.from_preset(args.preset, num_gpu_blocks=blocks, max_model_len=1024, policy="fcfs",
+                                          attention_backend="torch")  # fmt: skip
+        calibrator = CpuCalibrator(loaded.model, shape, [(config, calibration)], 1024)
+        profile = calibrator.profile(args.name, [calibrator.measure("calibration")])
     else:
         copies = measure_copies(device)
         decodes, prefills = measure_steps(loaded.model)
@@ -281,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         workload = synthetic_sharegpt(args.workload_conversations, rate=0.5, seed=0, max_context_tokens=max_model_len,
                                       think_time_mean=2.0, vocab_range=(0, loaded.model.vocab_size))  # fmt: skip
         # A KV pool for about four full contexts, so that the comparison run preempts and swaps.
-        config = EngineConfig.from_preset(args.preset, num_gpu_blocks=4 * max_model_len // 16, max_model_len=max_model_len,
+        config = EngineConfig.from_preset(args.preset, num_gpu_blocks=4 * max_model_len // 16,
+                                          max_model_len=max_model_len,
                                           policy="priority", priority_update_freq=0.04)  # fmt: skip
         rows = compare_with_real_run(loaded.model, shape, profile, workload, config, max_model_len)
         print("\n" + format_table(rows, ("metric", "real", "simulated")))

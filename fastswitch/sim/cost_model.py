@@ -26,7 +26,12 @@ PERFORMANCE.md) plus `allreduce_latency_us`. Copies need nothing new: each GPU m
 shard over its own host link, in parallel, so a job's bytes are one shard's.
 
 A profile with `linear_step_us` (a calibrated CPU) prices a step by that measured line instead of the
-rooflines: fixed + per token x tokens + per sequence x sequences + per 1,000 attended pairs x pairs.
+rooflines: fixed + per token x tokens + per sequence x sequences + per 1,000 attended pairs x pairs,
+and, with a 5th coefficient, a fixed extra for a step of more than one new token in all (`step_features`).
+That extra is what a CPU shows: a step of one token runs every matmul as a matrix-vector product, and
+a second token, in the same sequence or another, switches them to matrix-matrix kernels with a set-up
+cost of their own (SmolLM2-135M on one core: ~57 ms for 1 token, ~72 ms for 2 by the slope of larger
+steps). Profiles of 4 coefficients (fitted before the term) price exactly as they did.
 The host's own time per step (scheduler and bookkeeping, `scheduler_step_us` + `scheduler_seq_us` per
 sequence) is priced apart, by `host_step_time`.
 """
@@ -36,13 +41,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fastswitch.sim.hardware import GB, US, HardwareProfile
+from fastswitch.sim.hardware import US, HardwareProfile
 from fastswitch.sim.model_shapes import ModelShape
 
 
 def attended_pairs(new: int, cached: int) -> float:
     """(query, key) pairs of a chunk: new token i attends to the cached tokens and to new tokens 0..i."""
     return new * cached + new * (new + 1) / 2
+
+
+def step_features(batch: Sequence[tuple[int, int]]) -> list[float]:
+    """The regressors of `linear_step_us`, in its order: [1, new tokens, sequences, attended pairs / 1,000,
+    1 if the step has more than one new token else 0]. A 4-coefficient profile reads the first four."""
+    tokens = sum(new for new, _ in batch)
+    pairs = sum(attended_pairs(new, cached) for new, cached in batch)
+    return [1.0, float(tokens), float(len(batch)), pairs / 1000.0, 1.0 if tokens > 1 else 0.0]
+
+
+def linear_step_time_us(coefficients: Sequence[float], batch: Sequence[tuple[int, int]]) -> float:
+    """Microseconds a `linear_step_us` line of 4 or 5 coefficients prices batch at."""
+    return sum(c * f for c, f in zip(coefficients, step_features(batch)))
 
 
 @dataclass(frozen=True)
@@ -85,7 +103,7 @@ class CostModel:
         if n == 1 or num_tokens == 0:
             return 0.0
         message = num_tokens * m.hidden_size * m.dtype_bytes
-        one = 2 * (n - 1) / n * message / (hw.gpu_link_gbs * GB) + hw.allreduce_latency_us * US
+        one = 2 * (n - 1) / n * message / hw.gpu_link_bandwidth + hw.allreduce_latency_us * US
         return 2 * m.num_layers * one
 
     def step_cost(self, batch: Sequence[tuple[int, int]]) -> StepCost:
@@ -131,10 +149,7 @@ class CostModel:
         """Seconds of one forward step over batch = [(new tokens, cached tokens), ...]."""
         if self.hardware.linear_step_us is None or not batch:
             return self.step_cost(batch).total_time
-        fixed, per_token, per_seq, per_kilo_pair = self.hardware.linear_step_us
-        tokens = sum(new for new, _ in batch)
-        pairs = sum(attended_pairs(new, cached) for new, cached in batch)
-        return (fixed + per_token * tokens + per_seq * len(batch) + per_kilo_pair * pairs / 1000.0) * US
+        return linear_step_time_us(self.hardware.linear_step_us, batch) * US
 
     def host_step_time(self, num_seqs: int) -> float:
         """Seconds the host spends on one step outside the forward (schedule, update) for num_seqs sequences."""

@@ -16,6 +16,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 GB = 1e9  # decimal, as vendors quote bandwidth
 GIB = 2**30  # binary, as device memory is reported
@@ -74,8 +75,10 @@ class HardwareProfile:
     scheduler_seq_us: float = 0.0  # ... and per sequence of the step's batch
     # A measured linear forward-time model that replaces the roofline when set (a CPU, where neither
     # roofline holds): microseconds = fixed + per new token x tokens + per sequence x sequences + per
-    # 1,000 attended (query, key) pairs x pairs / 1,000. Fitted by fastswitch.sim.calibrate.
-    linear_step_us: tuple[float, float, float, float] | None = None
+    # 1,000 attended (query, key) pairs x pairs / 1,000 [+ a fixed extra for a step of more than one new
+    # token, the 5th coefficient, absent from older 4-coefficient profiles]. `cost_model.step_features`
+    # gives the regressors. Fitted by fastswitch.sim.cpu_calibration.
+    linear_step_us: tuple[float, ...] | None = None
     # Measured step-time jitter of a shared machine: quantiles of (measured / priced) step time. When
     # set, each simulated step's time (host + forward) is multiplied by one of them, drawn uniformly by
     # a generator seeded from the engine's seed (a run stays a pure function of its inputs).
@@ -102,8 +105,8 @@ class HardwareProfile:
                              f"(profile {self.name!r})")  # fmt: skip
         if self.linear_step_us is not None:
             coefficients = tuple(float(c) for c in self.linear_step_us)
-            if len(coefficients) != 4 or min(coefficients) < 0:
-                raise ValueError(f"linear_step_us={self.linear_step_us!r} must be 4 coefficients >= 0 "
+            if len(coefficients) not in (4, 5) or min(coefficients) < 0:
+                raise ValueError(f"linear_step_us={self.linear_step_us!r} must be 4 or 5 coefficients >= 0 "
                                  f"(profile {self.name!r})")  # fmt: skip
             object.__setattr__(self, "linear_step_us", coefficients)  # a JSON list becomes the tuple
         if self.step_jitter is not None:
@@ -111,6 +114,11 @@ class HardwareProfile:
             if not factors or min(factors) <= 0:
                 raise ValueError(f"step_jitter={self.step_jitter!r} must be factors > 0 (profile {self.name!r})")
             object.__setattr__(self, "step_jitter", factors)
+
+    @property
+    def gpu_link_bandwidth(self) -> float:
+        """Bytes/s per direction between two GPUs of one machine (tensor-parallel all-reduces)."""
+        return cast(float, self.gpu_link_gbs) * GB  # __post_init__ resolved None to the host link's rate
 
     @property
     def memory_bytes(self) -> int:

@@ -1,17 +1,18 @@
-"""Calibration of a CPU profile from the real engine: forward time, host time per step, copy costs.
+"""The measurements behind a CPU profile: step timings and their fits, copy costs, contention.
 
 On a CPU neither roofline of the cost model holds (decode is not memory-bound, Python overhead is a
 large part of a small step), so the forward is priced by a measured line instead, and the host-side
-costs the simulator charges are measured beside it:
+costs the simulator charges are measured beside it. `fastswitch.sim.cpu_calibration` puts these
+together into a profile.
 
-- `trace_engine_run`: runs a workload through a real engine and records, per step, the batch
-  ((new tokens, cached tokens) per sequence), the forward's seconds (the executor's `execute`:
-  model and sampler) and the rest of the step (scheduler, bookkeeping): the host time. The run
-  should not swap (a pool large enough), so that no copy hides in the host time.
-- `fit_linear_steps`: non-negative least squares of forward microseconds on [1, tokens, sequences,
-  attended pairs / 1,000] -> `linear_step_us`. Unweighted: on a shared machine one batch takes 3 ms
-  or 15 ms as other processes take the core or not, and a fit of relative errors would follow the
-  fast mode; this one follows the mean.
+- `traced_steps`: while a workload replays through an engine (real or simulated), records per step
+  the batch ((new tokens, cached tokens) per sequence), the seconds of the executor's `execute`
+  (on the real engine: model and sampler) and the rest of the step (scheduler, bookkeeping): the
+  host time; on request also copies of the step's chunks, to run the same batch again later.
+- `fit_linear_steps`: non-negative least squares of forward microseconds on `step_features`
+  (1, tokens, sequences, attended pairs / 1,000, more than one token) -> `linear_step_us`.
+  Unweighted: on a shared machine one batch takes 3 ms or 15 ms as other processes take the core or
+  not, and a fit of relative errors would follow the fast mode; this one follows the mean.
 - `fit_host_time`: the same on [1, sequences] for the host time -> `scheduler_step_us`, `scheduler_seq_us`.
 - `jitter_factors`: quantiles of measured / fitted step time (host + forward) -> `step_jitter`, which
   the simulator draws from per step, so that the spread of step times (and with it P90 TBT) is the
@@ -29,8 +30,9 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -38,8 +40,8 @@ from scipy.optimize import nnls
 
 from fastswitch.cache.copy_engine import CopyJob, CopyPair, TorchCopyEngine
 from fastswitch.cache.kv_cache import KVCache
-from fastswitch.sim.cost_model import attended_pairs
-from fastswitch.sim.hardware import GB, HardwareProfile
+from fastswitch.sched.request import ScheduledChunk
+from fastswitch.sim.cost_model import linear_step_time_us, step_features
 
 
 @dataclass(frozen=True)
@@ -47,23 +49,28 @@ class StepTiming:
     batch: tuple[tuple[int, int], ...]  # (new tokens, cached tokens) per sequence
     forward_s: float
     host_s: float
+    chunks: tuple[ScheduledChunk, ...] = ()  # copies of the step's chunks, when the trace keeps them
 
 
-def trace_engine_run(engine, workload, wait_until) -> list[StepTiming]:
-    """Replays workload through engine (a real fastswitch Engine on the wall clock) and times every step
-    that ran a batch."""
-    from fastswitch.sim.workload_driver import replay
-
+@contextmanager
+def traced_steps(engine, keep_chunks: bool = False) -> Iterator[list[StepTiming]]:
+    """Within the block, every step of engine that runs a batch appends its StepTiming to the list
+    yielded. keep_chunks: also keep copies of each step's chunks (their requests are shared, in the
+    state they reach later)."""
     executor = engine.executor
     execute, step = executor.execute, engine.step
     timings: list[StepTiming] = []
     current: dict = {}
 
-    def timed_execute(chunks):
+    def timed_execute(chunks: list[ScheduledChunk]):
         started = time.perf_counter()
         sampled = execute(chunks)
+        ended = time.perf_counter()
         current["batch"] = tuple((len(c.token_ids), c.num_cached) for c in chunks)
-        current["forward"] = time.perf_counter() - started
+        current["chunks"] = (tuple(replace(c, token_ids=list(c.token_ids), block_table=list(c.block_table))
+                                   for c in chunks) if keep_chunks else ())  # fmt: skip
+        current["forward"] = ended - started
+        current["tracing"] = time.perf_counter() - ended  # not the engine's time: left out of the host time
         return sampled
 
     def timed_step():
@@ -72,34 +79,29 @@ def trace_engine_run(engine, workload, wait_until) -> list[StepTiming]:
         outputs = step()
         total = time.perf_counter() - started
         if current:
-            timings.append(StepTiming(current["batch"], current["forward"], max(total - current["forward"], 0.0)))
+            host = max(total - current["forward"] - current["tracing"], 0.0)
+            timings.append(StepTiming(current["batch"], current["forward"], host, current["chunks"]))
         return outputs
 
     executor.execute, engine.step = timed_execute, timed_step
     try:
-        replay(engine, workload, wait_until)
+        yield timings
     finally:
         executor.execute, engine.step = execute, step
-    return timings
 
 
 JITTER_QUANTILES = 33  # factors kept in step_jitter: 0%, 3.125%, ..., 100%
+NUM_LINEAR_TERMS = len(step_features(()))
 
 
-def step_features(batch: Sequence[tuple[int, int]]) -> list[float]:
-    """[1, tokens, sequences, attended pairs / 1,000]: the regressors of `linear_step_us`."""
-    tokens = sum(new for new, _ in batch)
-    pairs = sum(attended_pairs(new, cached) for new, cached in batch)
-    return [1.0, float(tokens), float(len(batch)), pairs / 1000.0]
-
-
-def fit_linear_steps(timings: Sequence[StepTiming]) -> tuple[float, float, float, float]:
-    """linear_step_us (fixed, per token, per sequence, per 1,000 attended pairs) from timed forwards."""
-    if len(timings) < 4:
-        raise ValueError(f"{len(timings)} timed steps cannot fit 4 coefficients; run a longer workload")
+def fit_linear_steps(timings: Sequence[StepTiming]) -> tuple[float, ...]:
+    """linear_step_us (fixed, per token, per sequence, per 1,000 attended pairs, more than one token)
+    from timed forwards."""
+    if len(timings) < NUM_LINEAR_TERMS:
+        raise ValueError(f"{len(timings)} timed steps cannot fit {NUM_LINEAR_TERMS} coefficients; time more steps")
     rows = np.array([step_features(t.batch) for t in timings])
     coefficients, _ = nnls(rows, np.array([t.forward_s * 1e6 for t in timings]))
-    return tuple(float(c) for c in coefficients)  # type: ignore[return-value]
+    return tuple(float(c) for c in coefficients)
 
 
 def fit_host_time(timings: Sequence[StepTiming]) -> tuple[float, float]:
@@ -111,11 +113,12 @@ def fit_host_time(timings: Sequence[StepTiming]) -> tuple[float, float]:
     return float(step_us), float(seq_us)
 
 
-def jitter_factors(timings: Sequence[StepTiming], linear_step_us, host_us: tuple[float, float]) -> tuple[float, ...]:
+def jitter_factors(timings: Sequence[StepTiming], linear_step_us: Sequence[float],
+                   host_us: tuple[float, float]) -> tuple[float, ...]:  # fmt: skip
     """Quantiles of each timed step's (host + forward) time over what the fitted lines price it at."""
     ratios = []
     for t in timings:
-        priced = float(np.dot(step_features(t.batch), linear_step_us)) + host_us[0] + host_us[1] * len(t.batch)
+        priced = linear_step_time_us(linear_step_us, t.batch) + host_us[0] + host_us[1] * len(t.batch)
         ratios.append((t.forward_s + t.host_s) * 1e6 / max(priced, 1e-3))
     return tuple(float(q) for q in np.quantile(ratios, np.linspace(0.0, 1.0, JITTER_QUANTILES)))
 
@@ -125,8 +128,8 @@ def _copy_pools(num_layers: int, block_size: int, num_kv_heads: int, head_dim: i
     return device, KVCache.host_pool_for(device, num_blocks)
 
 
-def _per_layer_job(blocks: int, device: KVCache, direction: str = "out") -> CopyJob:
-    return CopyJob(direction, (CopyPair(0, 0, blocks),), True, device.num_layers, device.block_bytes)
+def _per_layer_job(blocks: int, device: KVCache) -> CopyJob:
+    return CopyJob("out", (CopyPair(0, 0, blocks),), True, device.num_layers, device.block_bytes)
 
 
 def measure_copy_costs(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, dtype,
@@ -183,22 +186,3 @@ def measure_contention(num_layers: int, block_size: int, num_kv_heads: int, head
         thread.join()
         engine.close()
     return float(min(max((beside - alone) / beside, 0.0), 1.0))
-
-
-def cpu_profile(name: str, model, timings: Sequence[StepTiming], block_size: int) -> HardwareProfile:
-    """A profile of this CPU for model: the fitted forward line and its jitter, host time, copy costs
-    and contention.
-    The roofline fields only need to be valid (a linear profile never reads them): they hold the
-    measured copy rate and a nominal 1 TFLOP/s."""
-    args = (model.num_layers, block_size, model.num_kv_heads, model.head_dim, model.dtype)
-    per_call_us, copy_rate = measure_copy_costs(*args)
-    contention = measure_contention(*args)
-    step_us, seq_us = fit_host_time(timings)
-    linear = fit_linear_steps(timings)
-    rate_gbs = copy_rate / GB
-    return HardwareProfile(
-        name, peak_tflops=1.0, memory_bandwidth_gbs=rate_gbs, memory_gib=1.0, h2d_gbs=rate_gbs, d2h_gbs=rate_gbs,
-        copy_call_latency_us=0.0, step_overhead_us=0.0, copy_call_cpu_us=per_call_us,
-        copy_thread_contention=contention, scheduler_step_us=step_us, scheduler_seq_us=seq_us,
-        linear_step_us=linear, step_jitter=jitter_factors(timings, linear, (step_us, seq_us)),
-    )  # fmt: skip

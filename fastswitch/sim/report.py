@@ -11,7 +11,7 @@ each metric per (rate, preset), and of each preset's improvement over the baseli
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 # The columns of the paper's comparison, in order, and whether larger is better.
 HEADLINE_METRICS = {
@@ -35,7 +35,7 @@ RUN_METRICS = {
 
 
 def improvement(baseline: dict[str, float], candidate: dict[str, float],
-                metrics: dict[str, bool | None] = HEADLINE_METRICS) -> dict[str, float]:  # fmt: skip
+                metrics: Mapping[str, bool | None] = HEADLINE_METRICS) -> dict[str, float]:  # fmt: skip
     """How many times better the candidate is on each metric that has a better direction (> 1 is better)."""
     ratios = {}
     for name, larger_is_better in metrics.items():

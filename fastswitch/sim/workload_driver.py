@@ -140,7 +140,7 @@ def sleep_until(when: float) -> None:
 def replay(
     engine,
     workload: Workload,
-    wait_until: Callable[[float], None],
+    wait_until: Callable[[float], object],
     progress: bool = False,
     priority_trace: bool = True,
 ) -> list[RequestOutput]:

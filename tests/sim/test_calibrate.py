@@ -46,7 +46,8 @@ def test_fit_line_recovers_a_line_and_rejects_degenerate_input():
 
 def test_fit_recovers_the_profile_that_made_the_times():
     copies, decodes, prefills = synthetic_measurements(TRUE)
-    fitted = fit_profile("fitted", SHAPE, copies, decodes, prefills, base=TRUE.replace(mfu=0.9, bandwidth_efficiency=0.9))
+    base = TRUE.replace(mfu=0.9, bandwidth_efficiency=0.9)
+    fitted = fit_profile("fitted", SHAPE, copies, decodes, prefills, base=base)
     assert fitted.h2d_gbs == pytest.approx(12.0) and fitted.d2h_gbs == pytest.approx(10.0)
     assert fitted.copy_call_latency_us == pytest.approx(4.0)
     assert fitted.step_overhead_us == pytest.approx(80.0)

@@ -1,6 +1,9 @@
 """Host-side costs in the simulator: copy issue time, its contention with the stepping thread, and
 the scheduler's time per step, each charged where it falls (fastswitch/sim/cost_model.py)."""
 
+import dataclasses
+import json
+
 import pytest
 
 from fastswitch.config import EngineConfig
@@ -72,6 +75,36 @@ def test_a_linear_step_model_replaces_the_roofline():
     assert model.forward_time([(10, 0), (1, 99)]) == pytest.approx((100 + 2 * 11 + 30 * 2 + 5 * 155 / 1000) * 1e-6)
     with pytest.raises(ValueError, match="linear_step_us"):
         A10.replace(linear_step_us=(1.0, -2.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="4 or 5 coefficients"):
+        A10.replace(linear_step_us=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0))
+
+
+STEPS = [[(1, 0)], [(1, 500)], [(1, 10), (1, 20)], [(2, 7)], [(40, 0)], [(40, 0), (1, 300)], [(1, 5)] * 8]
+
+
+def test_a_four_coefficient_profile_loads_and_prices_steps_as_before(tmp_path):
+    """Profiles fitted before the 5th coefficient: same JSON, same step times (the 4-term formula)."""
+    path = tmp_path / "old-cpu.json"
+    path.write_text(json.dumps({**dataclasses.asdict(A10), "name": "old-cpu", "linear_step_us": [900, 40, 150, 0.7]}))
+    old = get_profile(path)
+    assert old.linear_step_us == (900.0, 40.0, 150.0, 0.7)
+    model, with_zero_extra = CostModel(LLAMA, old), CostModel(LLAMA, old.replace(linear_step_us=(900, 40, 150, 0.7, 0)))
+    for batch in STEPS:
+        pairs = sum(new * cached + new * (new + 1) / 2 for new, cached in batch)
+        tokens = sum(new for new, _ in batch)
+        by_hand = (900 + 40 * tokens + 150 * len(batch) + 0.7 * pairs / 1000) * 1e-6
+        assert model.forward_time(batch) == pytest.approx(by_hand)
+        assert with_zero_extra.forward_time(batch) == model.forward_time(batch)
+
+
+def test_the_fifth_coefficient_is_charged_only_to_steps_of_more_than_one_new_token():
+    line = (900.0, 40.0, 150.0, 0.7)
+    without = CostModel(LLAMA, A10.replace(linear_step_us=line))
+    extra = CostModel(LLAMA, A10.replace(linear_step_us=(*line, 5000.0)))
+    for batch in STEPS:
+        charged = extra.forward_time(batch) - without.forward_time(batch)
+        # One decode of one sequence runs the matrix-vector path; a second token anywhere in the step does not.
+        assert charged == pytest.approx(0.0 if sum(new for new, _ in batch) == 1 else 5000e-6, abs=1e-12), batch
 
 
 def test_each_run_reports_its_stall_share_and_switch_latency():

@@ -7,7 +7,9 @@ runs, and the quick workload has ~30 turns, whose TTFT P50 is tens of millisecon
 is quiet (one turn that queues moves it). Errors seen in runs of this test: 0.02-0.33 on a loaded
 machine, up to 0.60 (fastswitch TTFT P50, 36 ms real vs 15 ms simulated) on a quieter one. A model
 off by more than 5x still fails them: before step times were fitted on this machine (linear forward
-line, host time, jitter) the simulated figures were 7-30x too small (errors 0.86-0.97)."""
+line, host time, jitter) the simulated figures were 7-30x too small (errors 0.86-0.97). The run also
+reports, per real step, the profile's forward time against the measured one, and the timing sessions
+around the real runs."""
 
 import importlib.util
 import json
@@ -40,6 +42,8 @@ def quick_run(sim_vs_real, tmp_path) -> dict:
     # dependent) step times; over both presets and halves the workload must preempt.
     assert sum(row["preemptions_real"] + row["preemptions_sim"] for row in result.values()) > 0, result
     for row in result.values():
+        assert row["real_steps"] > 0 and 0 <= row["step_forward_p50_rel_error"] <= row["step_forward_p90_rel_error"]
+        assert [s["session"] for s in row["sessions"]] in (["before", "between"], ["between", "after"]), row
         for metric in ("ttft", "tbt"):
             for q in (50, 90):
                 assert math.isfinite(row[f"{metric}_p{q}_rel_error"]) and row[f"{metric}_p{q}_sim_s"] > 0, row
@@ -62,20 +66,15 @@ def test_quick_run_stays_within_bounds_on_a_quiet_machine(sim_vs_real, tmp_path)
 
 
 def test_calibration_fits_recover_known_lines():
-    from fastswitch.sim.host_calibration import (
-        StepTiming,
-        fit_host_time,
-        fit_linear_steps,
-        jitter_factors,
-        step_features,
-    )
+    from fastswitch.sim.cost_model import step_features
+    from fastswitch.sim.host_calibration import StepTiming, fit_host_time, fit_linear_steps, jitter_factors
 
-    line = (500.0, 20.0, 100.0, 3.0)
-    batches = [((1, 10),), ((1, 100),) * 4, ((50, 0),), ((200, 0),), ((8, 300), (1, 40)), ((1, 500),) * 8]
+    line = (500.0, 20.0, 100.0, 3.0, 800.0)
+    batches = [((1, 10),), ((1, 100),) * 4, ((50, 0),), ((200, 0),), ((8, 300), (1, 40)), ((1, 500),) * 8, ((1, 900),)]
     timings = [StepTiming(b, sum(x * c for x, c in zip(step_features(b), line)) * 1e-6, (40.0 + 7.0 * len(b)) * 1e-6)
                for b in batches]  # fmt: skip
     assert fit_linear_steps(timings) == pytest.approx(line, rel=1e-6)
     assert fit_host_time(timings) == pytest.approx((40.0, 7.0), rel=1e-6)
     assert jitter_factors(timings, line, (40.0, 7.0)) == pytest.approx((1.0,) * 33)
-    with pytest.raises(ValueError, match="cannot fit 4"):
-        fit_linear_steps(timings[:3])
+    with pytest.raises(ValueError, match="cannot fit 5"):
+        fit_linear_steps(timings[:4])
