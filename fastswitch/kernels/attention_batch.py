@@ -13,7 +13,7 @@ reads it (`fastswitch.kernels.checks.check_paged_attention`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +25,9 @@ class AttentionBatch:
     block_tables: torch.Tensor  # [B, max_blocks] int32 on the device, each row a sequence's block ids
     query_start_loc_tensor: torch.Tensor  # query_start_loc as int32 on the device
     seq_lens_tensor: torch.Tensor  # seq_lens as int32 on the device
+    # The torch twin's call plans over these block tables, by (block size, GQA group): built at a
+    # step's first layer, read by the others. The batch and its tables stay as they are for the step.
+    plans: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_host(cls, query_start_loc: list[int], seq_lens: list[int], block_tables: torch.Tensor) -> AttentionBatch:

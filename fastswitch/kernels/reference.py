@@ -48,17 +48,16 @@ def paged_attention(
     query_start_loc and seq_lens, when the caller has them (see AttentionBatch).
 
     The work is cut into batched calls by `_plan_calls` (see there); the plan depends only on the
-    batch, so the layers of a step share it: it is built at the first layer and reused while the
-    layout and block tables stay the same.
+    batch, so the layers of a step share it through the AttentionBatch they all get.
     """
     layout = check_paged_attention(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, layout)
     scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else scale
     group = q.shape[1] // k_cache.shape[2]
-    plan = _plan_for(layout.query_start_loc, layout.seq_lens, block_tables, k_cache.shape[1], group)
-    if len(plan.calls) == 1 and isinstance(plan.calls[0].rows, slice) and plan.calls[0].rows == slice(0, q.shape[0]):
-        return _run(plan.calls[0], q, k_cache, v_cache, scale)  # one call covers every token, in order
+    calls = _plan_for(layout, block_tables, k_cache.shape[1], group)
+    if len(calls) == 1 and isinstance(calls[0].rows, slice) and calls[0].rows == slice(0, q.shape[0]):
+        return _run(calls[0], q, k_cache, v_cache, scale)  # one call covers every token, in order
     out = torch.empty_like(q)
-    for call in plan.calls:
+    for call in calls:
         out[call.rows] = _run(call, q, k_cache, v_cache, scale)
     return out
 
@@ -77,26 +76,16 @@ class _Call:
     causal_len: int  # > 0: one whole prompt of that many tokens, attended causally over its first keys
 
 
-@dataclass(frozen=True)
-class _Plan:
-    key: tuple
-    block_tables: torch.Tensor  # a copy of the tables the plan was built from
-    calls: list[_Call]
-
-
-_last_plan: _Plan | None = None  # the plan of the step in progress: its layers share it
-
-
-def _plan_for(starts: list[int], lens: list[int], block_tables: torch.Tensor, block_size: int, group: int) -> _Plan:
-    """The plan of this batch: the last one when layout, tables, block size and group are the same."""
-    global _last_plan
-    key = (tuple(starts), tuple(lens), block_size, group, block_tables.device)
-    last = _last_plan
-    if last is not None and last.key == key and torch.equal(last.block_tables, block_tables):
-        return last
-    plan = _Plan(key, block_tables.clone(), _plan_calls(starts, lens, block_tables, block_size, group))
-    _last_plan = plan
-    return plan
+def _plan_for(layout: AttentionBatch, block_tables: torch.Tensor, block_size: int, group: int) -> list[_Call]:
+    """The calls of this batch, planned once per step and kept on its AttentionBatch; tables other than
+    the batch's own are planned afresh."""
+    starts, lens = layout.query_start_loc, layout.seq_lens
+    if block_tables is not layout.block_tables:
+        return _plan_calls(starts, lens, block_tables, block_size, group)
+    key = (block_size, group)
+    if key not in layout.plans:
+        layout.plans[key] = _plan_calls(starts, lens, block_tables, block_size, group)
+    return layout.plans[key]
 
 
 def _plan_calls(

@@ -174,6 +174,8 @@ def test_slots_past_a_sequence_and_table_padding_are_never_read(batch: PagedBatc
             written[batch.block_tables[b, pos // block_size], pos % block_size] = True
         batch.block_tables[b, -(-seq_len // block_size) :] = -1
     batch.cache[~written[:, None, None, :].expand(-1, *batch.cache.shape[1:4])] = float("nan")
+    # Tables changed in place make another batch: a new AttentionBatch, as the runner builds each step.
+    layout = AttentionBatch.from_host(layout.query_start_loc, layout.seq_lens, batch.block_tables)
     poisoned = reference.paged_attention(*batch.args(), layout=layout)
     assert torch.equal(poisoned, clean)
 
