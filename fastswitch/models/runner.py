@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from fastswitch.kernels import AttentionBatch
+from fastswitch.models.cpu_allocator import keep_freed_memory
 from fastswitch.models.llama import LlamaForServing
 
 if TYPE_CHECKING:
@@ -98,6 +99,8 @@ class ModelRunner:
         self.model = model
         self.kv_cache = kv_cache
         self.backend = backend
+        if model.device.type == "cpu":
+            keep_freed_memory()  # a step's large temporaries are reused, not faulted in again (see there)
 
     def _check_chunks(self, chunks: Sequence[Chunk]) -> None:
         if not chunks:
