@@ -16,21 +16,6 @@ from fastswitch.sched.request import Request
 from fastswitch.stop_strings import StopStringMatcher
 
 
-def check_params(params: SamplingParams, detokenize, conversation: bool, can_fork: bool) -> None:
-    """ValueError for what the engine cannot honour for this request (before any state changes)."""
-    if params.stop and detokenize is None:
-        raise ValueError(f"stop={list(params.stop)!r} needs a tokenizer to decode the output; this engine has none")
-    if conversation and params.n > 1:
-        raise ValueError(f"n={params.n} is for a lone request: a conversation turn continues one context")
-    if conversation and params.prompt_logprobs is not None:
-        raise ValueError(
-            f"prompt_logprobs={params.prompt_logprobs} is for a lone request: a conversation turn does not "
-            "compute its cached context again"
-        )
-    if params.n > 1 and not can_fork:
-        raise ValueError(f"n={params.n} needs an executor that forks samples (the ModelExecutor)")
-
-
 def equip(request: Request, detokenize: Callable[[list[int]], str] | None) -> None:
     params: SamplingParams = request.params
     if params.logprobs is not None:
@@ -38,7 +23,7 @@ def equip(request: Request, detokenize: Callable[[list[int]], str] | None) -> No
     if params.prompt_logprobs is not None:
         request.prompt_logprobs = [None]  # the first prompt token has nothing before it
     if params.stop:
-        assert detokenize is not None, "check_params refuses stop strings without a tokenizer"
+        assert detokenize is not None, "check_request refuses stop strings without a tokenizer"
         request.stop_strings = StopStringMatcher(
             detokenize, params.stop, params.min_tokens, params.include_stop_str_in_output
         )

@@ -18,8 +18,9 @@ allocators, swap manager and reuse bookkeeping and replaces only these:
 
 `fastswitch/build.py` sizes the pools and assembles an engine over a loaded model.
 
-Requests come in through one front door: `add_request` checks each one (`check_request`) before
-any state changes, so the layers behind it take their input as valid.
+Requests come in through one front door: `add_request` checks each one (`check_request`, with the
+rules in fastswitch/request_check.py) before any state changes, so the layers behind it take their
+input as valid.
 
 The engine is thread-safe for one stepping thread plus any number of threads that add or abort
 requests (a server's handlers): every public method holds one lock.
@@ -39,26 +40,18 @@ from fastswitch.cache.block_manager import BlockManager
 from fastswitch.cache.copy_engine import CopyEngine
 from fastswitch.cache.kv_cache import KVCache
 from fastswitch.cache.swap_manager import SwapManager
-from fastswitch.completions import check_params, equip, final_text, sample_params
+from fastswitch.completions import equip, final_text, sample_params
 from fastswitch.config import EngineConfig
 from fastswitch.executor import Executor, ForkingExecutor, RequestsFailed
 from fastswitch.models.sampling import SamplingParams
 from fastswitch.outputs import RequestOutput
+from fastswitch.request_check import EngineLimits, check_request
 from fastswitch.sched.conversation import Conversation
 from fastswitch.sched.metrics import RunMetrics
 from fastswitch.sched.priority_trace import PriorityTrace
 from fastswitch.sched.request import Request, ScheduledChunk, SchedulerOutput
 from fastswitch.sched.scheduler import Scheduler
 from fastswitch.sched.vllm_scheduler import VllmScheduler
-
-
-class ContextTooLong(ValueError):
-    """Raised by Engine.check_request for a prompt (plus, when asked, its max_tokens) longer than the
-    engine serves; carries the numbers for a front end's own wording (the server's is vLLM's)."""
-
-    def __init__(self, message: str, num_prompt_tokens: int, num_output_tokens: int, limit: int) -> None:
-        super().__init__(message)
-        self.num_prompt_tokens, self.num_output_tokens, self.limit = num_prompt_tokens, num_output_tokens, limit
 
 
 class Engine:
@@ -168,47 +161,15 @@ class Engine:
         conversation: bool = False,
         reserve_output: bool = False,
     ) -> list[int]:
-        """The front door's check of one request, before any state changes: ValueError naming the bad
-        value and its limit; returns the prompt's token ids as a list. add_request runs it; a front
-        end that adds a batch all-or-nothing runs it on every request first.
-
-        Checks the priority (an integer >= 0), the params (a SamplingParams this engine can honour:
-        vocabulary, stop strings, n, prompt logprobs), the prompt (a non-empty list of token ids in
-        the vocabulary) and its length: at most `max_seq_len` tokens (max_model_len, cut to what the
-        device KV cache holds). reserve_output: the prompt plus max_tokens (1 with max_tokens=None)
-        must fit too, so a request that could never complete is refused up front rather than cut
-        short ("length") later, as `LLM` and vLLM's server do. conversation: the request continues a
-        kept KV context (a conversation turn)."""
-        if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
-            raise ValueError(f"priority={priority!r} must be an integer >= 0")
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"params={params!r} is not a SamplingParams")
-        if not isinstance(prompt_token_ids, (list, tuple)):
-            raise ValueError(f"prompt_token_ids must be a list of token ids, got {type(prompt_token_ids).__name__}")
-        token_ids = list(prompt_token_ids)
-        if not token_ids:
-            raise ValueError("prompt is empty: at least 1 token is needed")
-        vocab = self.vocab_size
-        bad = [t for t in token_ids if isinstance(t, bool) or not isinstance(t, int) or t < 0
-               or (vocab is not None and t >= vocab)]  # fmt: skip
-        if bad:
-            allowed = f"the vocabulary 0..{vocab - 1}" if vocab is not None else "the token ids (integers >= 0)"
-            raise ValueError(f"prompt token ids {bad[:5]} lie outside {allowed}")
-        if vocab is not None:
-            params.check_vocab(vocab)
-        check_params(params, self.detokenize, conversation=conversation,
-                     can_fork=isinstance(self.executor, ForkingExecutor))  # fmt: skip
-        limit = self.max_seq_len
-        room = (1 if params.max_tokens is None else params.max_tokens) if reserve_output else 0
-        if len(token_ids) + room > limit:
-            asked = f"prompt of {len(token_ids)} tokens"
-            if reserve_output:
-                asked += f" + max_tokens={params.max_tokens} = {len(token_ids) + room}"
-            named = f"max_model_len={limit}"
-            if limit != self.max_model_len:
-                named = f"max_seq_len={limit} (max_model_len={self.max_model_len} cut to what the device cache holds)"
-            raise ContextTooLong(f"{asked} exceeds {named}", len(token_ids), room, limit)
-        return token_ids
+        """The front door's check of one request against this engine's limits, before any state
+        changes (fastswitch/request_check.py): the prompt's token ids as a list, or a ValueError
+        naming the bad value and its limit (ContextTooLong for a prompt too long)."""
+        limits = EngineLimits(
+            self.max_seq_len, self.max_model_len, self.vocab_size, self.detokenize,
+            can_fork=isinstance(self.executor, ForkingExecutor),
+        )  # fmt: skip
+        return check_request(limits, prompt_token_ids, params, priority,
+                             conversation=conversation, reserve_output=reserve_output)  # fmt: skip
 
     @property
     def max_seq_len(self) -> int:

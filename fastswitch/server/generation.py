@@ -17,8 +17,8 @@ from typing import cast
 
 from fastapi import Request
 
-from fastswitch.engine import ContextTooLong
 from fastswitch.models.sampling import SamplingParams
+from fastswitch.request_check import ContextTooLong
 from fastswitch.server import protocol as p
 from fastswitch.server.engine_thread import EngineFailed, EngineThread, TokenUpdate
 from fastswitch.server.text_stream import TextStream
