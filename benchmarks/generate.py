@@ -13,7 +13,12 @@ shared with other work the wall time swings with the load, printed before and af
 thread the CPU time moves far less), and how many of the 16 greedy outputs agree exactly (left
 padding changes floating-point summation order, so a late divergence is possible and not an error).
 
-    python benchmarks/generate.py [--repeats 1] [--backend auto] [--threads N]
+--profile adds one more FastSwitch run under torch's profiler (after the timed ones, which it does not
+slow) and prints where its CPU time goes: matrix multiplies, attention (SDPA), KV gathers, the rest;
+and the ratio transformers would give if everything but FastSwitch's matrix multiplies took no time
+(the bound any work on the rest can approach).
+
+    python benchmarks/generate.py [--repeats 1] [--backend auto] [--threads N] [--profile]
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ def best_of(repeats: int, fn: Callable[[], T]) -> tuple[Timing, T]:
     return min(timing for timing, _ in runs), runs[-1][1]
 
 
-def run_fastswitch(gguf: Path, prompts, backend: str, repeats: int):
+def run_fastswitch(gguf: Path, prompts, backend: str, repeats: int, profile: bool):
     from fastswitch.llm import LLM
     from fastswitch.models import SamplingParams
 
@@ -87,12 +92,33 @@ def run_fastswitch(gguf: Path, prompts, backend: str, repeats: int):
     params = SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True)
     llm.generate([p[:20] for p in prompts[:4]], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
     timing, outputs = best_of(repeats, lambda: llm.generate(prompts, params))
+    split = profile_split(lambda: llm.generate(prompts, params)) if profile else None
     ttfts = [ttft for ttft in (o.metrics.ttft for o in outputs) if ttft is not None]
     if len(ttfts) != len(outputs):
         raise RuntimeError(f"{len(outputs) - len(ttfts)} of {len(outputs)} outputs have no first-token time")
     tbts = [gap for o in outputs for gap in o.metrics.tbts]
-    extra = {"mean_ttft_s": sum(ttfts) / len(ttfts), "mean_tbt_s": sum(tbts) / len(tbts)}
+    extra = {"mean_ttft_s": sum(ttfts) / len(ttfts), "mean_tbt_s": sum(tbts) / len(tbts), "profile_s": split}
     return timing, [o.token_ids for o in outputs], extra
+
+
+# Profiler op names -> the part of the forward they are.
+PROFILE_PARTS = {"aten::mm": "matmul", "aten::addmm": "matmul", "aten::index_select": "KV gathers",
+                 "aten::_scaled_dot_product_flash_attention_for_cpu": "attention (SDPA)",
+                 "aten::_scaled_dot_product_attention_math": "attention (SDPA)"}  # fmt: skip
+
+
+def profile_split(fn: Callable[[], object]) -> dict[str, float]:
+    """Seconds of self CPU time per part of one run of fn (PROFILE_PARTS; every other op is "other ops"),
+    plus "python and waits": the run's CPU time outside any op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        timing, _ = timed(fn)
+    split = dict.fromkeys(["matmul", "attention (SDPA)", "KV gathers", "other ops"], 0.0)
+    for event in prof.key_averages():
+        split[PROFILE_PARTS.get(event.key, "other ops")] += event.self_cpu_time_total / 1e6
+    split["python and waits"] = max(0.0, timing.cpu_s - sum(split.values()))
+    return split
 
 
 def run_transformers(folder: Path, prompts, repeats: int):
@@ -124,6 +150,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--profile", action="store_true", help="print where FastSwitch's CPU time goes")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,7 +167,7 @@ def main() -> None:
     # transformers first: building fastswitch's CPU engine sets glibc's allocator thresholds for the
     # whole process (fastswitch/models/cpu_allocator.py), and transformers should run as its users run it.
     hf_time, hf_tokens = run_transformers(folder, prompts, args.repeats)
-    fs_time, fs_tokens, fs_extra = run_fastswitch(gguf, prompts, args.backend, args.repeats)
+    fs_time, fs_tokens, fs_extra = run_fastswitch(gguf, prompts, args.backend, args.repeats, args.profile)
     agree = sum(a == b for a, b in zip(fs_tokens, hf_tokens))
     load_after = os.getloadavg()[0]
 
@@ -156,6 +183,13 @@ def main() -> None:
     print(f"ratio fastswitch / transformers: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU time; "
           f"greedy outputs identical: {agree}/{NUM_PROMPTS}")
     print(f"fastswitch mean TTFT {fs_extra['mean_ttft_s']:.2f} s, mean TBT {fs_extra['mean_tbt_s'] * 1e3:.1f} ms")
+    if fs_extra["profile_s"]:
+        split = fs_extra["profile_s"]
+        total = sum(split.values())
+        parts = ", ".join(f"{part} {seconds:.2f} s ({seconds / total:.0%})" for part, seconds in split.items())
+        print(f"FastSwitch CPU time, profiled run: {parts}")
+        print(f"transformers / FastSwitch's matmul time: {hf_time.cpu_s / split['matmul']:.2f}x "
+              "(the ratio if everything else took no time)")
     cores = os.cpu_count() or 1
     busy = max(load_before, load_after) > cores
     note = ": above one per core, wall times swing with the other work; compare the CPU-time ratio" if busy else ""

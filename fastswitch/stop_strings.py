@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from fastswitch.detokenizer import IncrementalDetokenizer
+
 
 def find_stop(text: str, stop_strings: Sequence[str], start: int = 0) -> tuple[int, str] | None:
     """The first stop string in text at or after start: (its index, the string), or None."""
@@ -27,11 +29,11 @@ class StopStringMatcher:
     ) -> None:  # fmt: skip
         if not stop_strings:
             raise ValueError("a StopStringMatcher needs at least one stop string")
-        self.decode = decode
+        self.detokenizer = IncrementalDetokenizer(decode)
         self.stop_strings = tuple(stop_strings)
         self.min_tokens = min_tokens
         self.include = include_stop_str_in_output
-        self.text = ""  # the output decoded at the last call
+        self.text = ""  # the output decoded at the last call (a window per call: fastswitch/detokenizer.py)
         self.match: tuple[int, str] | None = None  # (index in text, stop string) once found
 
     def found(self, output_token_ids: list[int]) -> bool:
@@ -39,7 +41,7 @@ class StopStringMatcher:
         if self.match is not None:
             return True
         searched = len(self.text)
-        self.text = self.decode(output_token_ids)
+        self.text = self.detokenizer.update(output_token_ids)
         if len(output_token_ids) < self.min_tokens:
             return False
         # Only text that could hold a stop string overlapping the new characters is searched again.

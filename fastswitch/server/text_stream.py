@@ -1,12 +1,7 @@
 """Turns a request's growing token list into text pieces for streaming, with OpenAI's `stop` strings.
 
-Decoding token by token is wrong for byte-level vocabularies: one character may span tokens (the
-first half decodes to U+FFFD), and a tokenizer may merge spaces differently once more tokens
-follow. Decoding the whole output again on each update is right but costs O(length) per token, on
-the server's event loop. So, as vLLM does, each update decodes a window: the tokens since the last
-complete piece, once with and once without the new ones; the difference is the new text, held
-back while it ends in U+FFFD (a character the next token completes). The window restarts after
-each piece, so an update costs O(window), not O(output).
+The text comes from an `IncrementalDetokenizer` (fastswitch/detokenizer.py): each update decodes a
+window, not the whole output, and holds back a character the next token completes.
 
 Stop strings are matched on the text. Text that could be the start of a stop string is held back
 too, so a client never receives part of a stop string it asked never to see.
@@ -16,21 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from fastswitch.detokenizer import IncrementalDetokenizer
 from fastswitch.stop_strings import find_stop
-
-REPLACEMENT_CHAR = "\ufffd"
 
 
 class TextStream:
     def __init__(self, decode, stop_strings: Sequence[str] = ()) -> None:
-        self._decode = decode  # token ids -> text, special tokens skipped
+        self.detokenizer = IncrementalDetokenizer(decode)  # decode: token ids -> text, special tokens skipped
         self.stop_strings = list(stop_strings)
         self.token_ids: list[int] = []
-        self.text = ""  # the output decoded so far (up to token _read)
         self.sent = ""  # text handed out so far
         self.stopped = False  # a stop string was found: the request should end now
-        self._prefix = 0  # the window: tokens [_prefix, _read) decoded to the last piece of self.text
-        self._read = 0
 
     @property
     def holdback(self) -> int:
@@ -43,8 +34,7 @@ class TextStream:
         include_stop_str_in_output, or later than a match seen here, before min_tokens): it wins."""
         self.token_ids.extend(new_token_ids)
         ids = self.token_ids[:-1] if finish_reason == "stop" and self.token_ids else self.token_ids
-        self._decode_new(ids, finish_reason is not None)
-        text = self.text
+        text = self.detokenizer.update(ids, final=finish_reason is not None)
         cut = self._first_stop(text)
         if cut is not None:
             text, self.stopped = text[:cut], True
@@ -58,19 +48,6 @@ class TextStream:
         delta = text[len(self.sent) :]
         self.sent += delta
         return delta
-
-    def _decode_new(self, ids: list[int], final: bool) -> None:
-        """Extends self.text with what ids[_read:] add (everything left when final)."""
-        if len(ids) <= self._read and not final:
-            return
-        if len(ids) < self._read:  # the final update took back a token already decoded: start over
-            self.text, self._prefix, self._read = self._decode(ids), 0, len(ids)
-            return
-        before = self._decode(ids[self._prefix : self._read])
-        after = self._decode(ids[self._prefix :])
-        if final or (len(after) > len(before) and not after.endswith(REPLACEMENT_CHAR)):
-            self.text += after[len(before) :]
-            self._prefix, self._read = self._read, len(ids)
 
     def _first_stop(self, text: str) -> int | None:
         found = find_stop(text, self.stop_strings)
