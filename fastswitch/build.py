@@ -128,13 +128,14 @@ def build_engine(
     tokenizer=None,
     eos_token_ids: list[int] | tuple[int, ...] = (),
     workers: WorkerGroup | None = None,
+    metrics_window: int | None = None,
 ) -> Engine:
     """The real engine over a LlamaForServing on the wall clock, its pools sized by model_pool_sizes.
 
     tokenizer: decodes outputs to text (skipping special tokens); None leaves outputs as token ids.
     workers: a fastswitch.parallel.WorkerGroup when model is rank 0's shard of a tensor-parallel
     model; the other ranks then build the same pools, and every step and copy reaches them. The
-    engine keeps its caches as `device_cache` and `host_cache`."""
+    engine keeps its caches as `device_cache` and `host_cache`. metrics_window: see Engine."""
     detokenize = None
     if tokenizer is not None:
         detokenize = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
@@ -155,6 +156,7 @@ def build_engine(
         config, executor, copies, num_gpu_blocks=sizes.num_gpu_blocks, num_cpu_blocks=sizes.num_cpu_blocks,
         num_layers=model.num_layers, block_bytes=device_cache.block_bytes, max_model_len=sizes.max_model_len,
         eos_token_ids=eos_token_ids, vocab_size=model.vocab_size, detokenize=detokenize, pack_min_runs=pack_min_runs,
+        metrics_window=metrics_window,
     )  # fmt: skip
     engine.device_cache, engine.host_cache = device_cache, host_cache
     return engine

@@ -70,10 +70,12 @@ class Engine:
         vocab_size: int | None = None,
         detokenize: Callable[[list[int]], str] | None = None,
         pack_min_runs: int | None = None,
+        metrics_window: int | None = None,
     ) -> None:
         """pack_min_runs: swaps of a sequence fragmented into at least this many runs use the pack
         kernel (cache/swap_manager.py). The adaptive swap rule's knobs are EngineConfig fields
-        (sync_swap_fraction, adaptive_sync_blocks)."""
+        (sync_swap_fraction, adaptive_sync_blocks). metrics_window: stats() latency percentiles over
+        the most recent samples only (RunMetrics' window; None: the whole run)."""
         self.config = config
         self.executor = executor
         self.max_model_len = max_model_len
@@ -90,7 +92,7 @@ class Engine:
         scheduler_class = VllmScheduler if config.scheduler_mode == "vllm-0.3.3" else Scheduler
         self.scheduler = scheduler_class(config, self.swap_manager, max_model_len)
         self.priority_trace_digest: str | None = None
-        self.run_metrics = RunMetrics()
+        self.run_metrics = RunMetrics(window=metrics_window)
         self.num_steps = 0
         self.num_batched_tokens = 0
         self.num_prompt_tokens = 0

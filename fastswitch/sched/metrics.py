@@ -15,6 +15,8 @@ plus the request's own overlapped swap-in waits).
 from __future__ import annotations
 
 import math
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fastswitch.outputs import RequestMetrics
@@ -23,13 +25,13 @@ PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
 TAIL_PERCENTILE = 99.0  # stall_share_p99 looks at the requests at or above this e2e latency percentile
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: Iterable[float], q: float) -> float:
     """Linear-interpolation percentile (numpy's default); NaN for no values."""
     if not 0.0 <= q <= 100.0:
         raise ValueError(f"percentile q={q!r} must lie in [0, 100]")
-    if not values:
-        return math.nan
     ordered = sorted(values)
+    if not ordered:
+        return math.nan
     rank = (len(ordered) - 1) * q / 100.0
     low = math.floor(rank)
     high = min(low + 1, len(ordered) - 1)
@@ -42,18 +44,31 @@ def _label(q: float) -> str:
 
 @dataclass
 class RunMetrics:
-    """Accumulates finished requests' metrics; `summary` gives the run's table row."""
+    """Accumulates finished requests' metrics; `summary` gives the run's table row.
 
-    ttfts: list[float] = field(default_factory=list)
-    tbts: list[float] = field(default_factory=list)
-    latencies: list[float] = field(default_factory=list)  # end-to-end, per finished request
-    stalls: list[float] = field(default_factory=list)  # swap_stall_total, in the order of latencies
+    window: keep only the most recent `window` samples of each distribution (TTFT, TBT, latency and
+    stall), so a server that runs for weeks holds bounded memory and its percentiles describe recent
+    traffic; the counters (requests, tokens, preemptions, stall time, duration) stay cumulative.
+    None (a benchmark run, the simulator): every sample, exact percentiles over the whole run."""
+
+    window: int | None = None
+    ttfts: deque[float] = field(init=False)
+    tbts: deque[float] = field(init=False)
+    latencies: deque[float] = field(init=False)  # end-to-end, per finished request
+    stalls: deque[float] = field(init=False)  # swap_stall_total, in the order of latencies
     num_requests: int = 0
     num_generated_tokens: int = 0
     num_preemptions: int = 0
     swap_stall_time: float = 0.0
     first_arrival: float | None = None
     last_finish: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.window is not None and (isinstance(self.window, bool) or not isinstance(self.window, int)
+                                        or self.window < 1):  # fmt: skip
+            raise ValueError(f"window={self.window!r} must be a positive integer or None")
+        self.ttfts, self.tbts = deque(maxlen=self.window), deque(maxlen=self.window)
+        self.latencies, self.stalls = deque(maxlen=self.window), deque(maxlen=self.window)
 
     def add(self, metrics: RequestMetrics, num_output_tokens: int) -> None:
         self.num_requests += 1

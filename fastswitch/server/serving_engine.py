@@ -20,6 +20,10 @@ from fastswitch.models.loader import LoadedModel
 from fastswitch.outputs import RequestOutput
 from fastswitch.parallel.workers import WorkerGroup
 
+# A server runs for weeks: its latency percentiles (stats(), /stats) cover the most recent 100,000
+# samples of each distribution, so its memory stays bounded (fastswitch/sched/metrics.py RunMetrics).
+METRICS_WINDOW = 100_000
+
 
 @dataclass
 class ServingEngine:
@@ -64,8 +68,9 @@ class ServingEngine:
         if loaded.tokenizer is None:
             raise ValueError(f"model {model_name!r} has no tokenizer files; serving text needs one")
         engine = build_engine(
-            loaded.model, config, tokenizer=loaded.tokenizer, eos_token_ids=loaded.eos_token_ids, workers=workers
-        )
+            loaded.model, config, tokenizer=loaded.tokenizer, eos_token_ids=loaded.eos_token_ids, workers=workers,
+            metrics_window=METRICS_WINDOW,
+        )  # fmt: skip
         return cls(engine, loaded.tokenizer, model_name, engine.max_seq_len)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,11 +106,11 @@ def mean_swap_latency(copies: CopyQueues) -> float:
     return sum(s.busy_time for s in copies.stats.values()) / jobs if jobs else float("nan")
 
 
-def cdf_points(values: list[float], count: int = CDF_POINTS) -> list[float]:
+def cdf_points(values: Collection[float], count: int = CDF_POINTS) -> list[float]:
     """`count` evenly spaced quantiles (0 to 100%) of values: a compact CDF."""
     if not values:
         return []
-    return np.quantile(np.asarray(values, dtype=np.float64), np.linspace(0.0, 1.0, count)).tolist()
+    return np.quantile(np.asarray(list(values), dtype=np.float64), np.linspace(0.0, 1.0, count)).tolist()
 
 
 def simulate(

@@ -240,3 +240,13 @@ def test_a_failing_engine_step_answers_500_and_the_server_recovers(tiny_model):
         status, answer = http_json(base_url, "POST", "/v1/completions", body)
         assert status == 200 and answer["usage"]["completion_tokens"] == 4
         assert engine.stats()["num_free_gpu_blocks"] == 16
+
+
+def test_the_servers_latency_percentiles_cover_a_bounded_window(server):
+    from fastswitch.server.serving_engine import METRICS_WINDOW
+
+    base_url, app = server
+    client(base_url).completions.create(model="tiny", prompt="hello", max_tokens=2)
+    run_metrics = app.state.serving.engine.run_metrics
+    assert run_metrics.window == METRICS_WINDOW and run_metrics.ttfts.maxlen == METRICS_WINDOW
+    assert len(run_metrics.ttfts) >= 1

@@ -67,3 +67,22 @@ def test_offered_load_counts_every_response_token_over_the_ideal_span():
                               Conversation(1, 1, 2.0, (Turn(5, 20, 0.0),))))  # fmt: skip
     # Last arrival at 0 + 4 s of think time: 60 tokens over 4 s.
     assert offered_tokens_per_s(workload) == 15.0
+
+
+def test_a_window_keeps_recent_samples_and_cumulative_counters():
+    run = RunMetrics(window=3)
+    for i in range(10):  # request i: TTFT i, one gap of i, latency i + 1
+        m = RequestMetrics(arrival_time=0.0, finish_time=float(i) + 1.0)
+        m.record_token(float(i))
+        m.record_token(2.0 * i)
+        run.add(m, 2)
+    assert list(run.ttfts) == [7.0, 8.0, 9.0] and list(run.tbts) == [7.0, 8.0, 9.0]
+    assert list(run.latencies) == [8.0, 9.0, 10.0] and len(run.stalls) == 3
+    summary = run.summary()
+    assert summary["ttft_p50"] == 8.0  # over the window
+    assert summary["num_finished_requests"] == 10 and summary["num_generated_tokens"] == 20  # over the run
+    assert summary["duration"] == 10.0
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="window"):
+            RunMetrics(window=bad)
+
