@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from fastswitch.sched.policies import PolicySpec, check_policy_spec
+from fastswitch.sched.policies import DEFAULT_VTC_WEIGHTS, PolicySpec, check_policy_spec
 
 PRIORITY_PATTERNS = ("random", "markov")
 PREEMPTION_MODES = ("swap", "recompute")
@@ -65,8 +65,8 @@ class EngineConfig:
     priority_pattern: str = "random"
     priority_update_freq: float = 0.0
     num_priority_levels: int = 4
-    vtc_input_weight: float = 1.0
-    vtc_output_weight: float = 2.0
+    vtc_input_weight: float = DEFAULT_VTC_WEIGHTS[0]  # policy "vtc" only
+    vtc_output_weight: float = DEFAULT_VTC_WEIGHTS[1]
     preemption_mode: str = "swap"
     scheduler_mode: str = "chunked"  # or "vllm-0.3.3" (module docstring)
     keep_turn_kv: bool = True  # a finished conversation turn's KV is kept for the next turn
@@ -121,6 +121,12 @@ class EngineConfig:
             raise ValueError(
                 f"VTC weights must be >= 0, got vtc_input_weight={self.vtc_input_weight!r}, "
                 f"vtc_output_weight={self.vtc_output_weight!r}"
+            )
+        weights = (self.vtc_input_weight, self.vtc_output_weight)
+        if self.policy != "vtc" and weights != DEFAULT_VTC_WEIGHTS:
+            raise ValueError(
+                f"vtc_input_weight={weights[0]!r}, vtc_output_weight={weights[1]!r} are read by policy='vtc' "
+                f"only; policy={self.policy!r} would ignore them (a VTCPolicy object or class carries its own)"
             )
 
     @classmethod

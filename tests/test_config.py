@@ -43,3 +43,10 @@ def test_adaptive_swap_knobs_are_fields_with_the_schedulers_defaults():
     cfg = EngineConfig.from_preset("fastswitch", sync_swap_fraction=0.1)
     assert (cfg.sync_swap_fraction, cfg.adaptive_sync_blocks) == (0.1, 4)
     assert (EngineConfig().sync_swap_fraction, EngineConfig(adaptive_sync_blocks=0).adaptive_sync_blocks) == (0.1, 0)
+
+
+def test_vtc_weights_are_refused_where_the_policy_would_ignore_them():
+    assert EngineConfig(policy="vtc", vtc_input_weight=3.0).vtc_input_weight == 3.0
+    EngineConfig(policy="fcfs")  # the defaults are no request of the user's
+    with pytest.raises(ValueError, match=r"vtc_output_weight=5.0 are read by policy='vtc' only; policy='fcfs'"):
+        EngineConfig(policy="fcfs", vtc_output_weight=5.0)

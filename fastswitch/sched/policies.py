@@ -118,13 +118,16 @@ class PriorityPolicy(FCFSPolicy):
         return (request.priority, request.arrival_time, request.request_id)
 
 
+DEFAULT_VTC_WEIGHTS = (1.0, 2.0)  # VTC's service per prompt token and per output token (the VTC paper's w_p, w_q)
 VTC_FORGET_MIN_CLIENTS = 1024  # VTC looks for idle counters to drop once it holds this many (then 2x what is kept)
 
 
 class VTCPolicy(FCFSPolicy):
     name = "vtc"
 
-    def __init__(self, input_weight: float = 1.0, output_weight: float = 2.0) -> None:
+    def __init__(
+        self, input_weight: float = DEFAULT_VTC_WEIGHTS[0], output_weight: float = DEFAULT_VTC_WEIGHTS[1]
+    ) -> None:
         self.input_weight = input_weight
         self.output_weight = output_weight
         self.counters: dict[Hashable, float] = {}
@@ -227,7 +230,9 @@ def check_policy_spec(spec: object) -> None:
 
 
 def make_policy(
-    spec: PolicySpec = "fcfs", vtc_input_weight: float = 1.0, vtc_output_weight: float = 2.0
+    spec: PolicySpec = "fcfs",
+    vtc_input_weight: float = DEFAULT_VTC_WEIGHTS[0],
+    vtc_output_weight: float = DEFAULT_VTC_WEIGHTS[1],
 ) -> SchedulingPolicy:
     """The policy of one engine: a new one for a name, a class or a factory; a policy object as it is.
     The VTC weights apply to the name "vtc" (a VTCPolicy object or class carries its own)."""
