@@ -26,18 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
-# Run as a script, this folder comes first on sys.path, and its kernels.py would pass for the
-# `kernels` package that transformers probes for at import (and then fails to read): drop it.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import torch  # noqa: E402
+import torch
 
 T = TypeVar("T")
 

@@ -3,7 +3,7 @@
 #   1. the kernel tests with the Triton kernels compiled for real (against the CPU twins), the swap
 #      manager on a CUDA device pool (pinned host pool, copy stream, pack kernel), and greedy
 #      generation through the Triton kernels against transformers;
-#   2. benchmarks/kernels.py: decode/prefill KV bandwidth against peak HBM and SDPA, pack/unpack
+#   2. benchmarks/kernel_speed.py: decode/prefill KV bandwidth against peak HBM and SDPA, pack/unpack
 #      against a device copy;
 #   3. benchmarks/swap_copy.py: pinned host <-> device bandwidth by copy granularity.
 # Needs torch, triton (3.6 or newer), transformers, pytest, pytest-xdist, hypothesis and einops, which
@@ -28,7 +28,7 @@ timeout 300 python3 -m pytest -q -n 8 -p no:cacheprovider \
     2>&1 | tee "$out/tests.txt"
 status=$?
 
-timeout 120 python3 benchmarks/kernels.py 2>&1 | tee "$out/kernels.txt"
+timeout 120 python3 benchmarks/kernel_speed.py 2>&1 | tee "$out/kernels.txt"
 timeout 120 python3 benchmarks/swap_copy.py --repeats 10 2>&1 | tee "$out/swap_copy.txt"
 cp benchmarks/results/kernels.json benchmarks/results/swap_copy.json "$out"/ 2>/dev/null
 exit $status

@@ -15,18 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-# Run as a script, this folder comes first on sys.path, and its kernels.py would shadow the `kernels`
-# package that transformers probes for at import: leave the folder out.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from fastswitch.sim.experiments import get_experiment  # noqa: E402
-from fastswitch.sim.plots import plot_experiment  # noqa: E402
-from fastswitch.sim.report import format_table, summarize  # noqa: E402
-from fastswitch.sim.runner import BASELINE_PRESET, comparison_rows, jobs_of, render_tables, run_jobs  # noqa: E402
+from fastswitch.sim.experiments import get_experiment
+from fastswitch.sim.plots import plot_experiment
+from fastswitch.sim.report import format_table, summarize
+from fastswitch.sim.runner import BASELINE_PRESET, comparison_rows, jobs_of, render_tables, run_jobs
 
 RESULTS = Path(__file__).parent / "results"
 

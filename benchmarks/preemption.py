@@ -22,22 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-# Run as a script, this folder comes first on sys.path, and its kernels.py would shadow the `kernels`
-# package that transformers probes for at import: leave the folder out.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import torch
 
-import torch  # noqa: E402
-
-from fastswitch.build import build_engine  # noqa: E402
-from fastswitch.config import EngineConfig  # noqa: E402
-from fastswitch.models.loader import load_model  # noqa: E402
-from fastswitch.sim.workload_driver import replay  # noqa: E402
-from fastswitch.workloads import synthetic_sharegpt  # noqa: E402
+from fastswitch.build import build_engine
+from fastswitch.config import EngineConfig
+from fastswitch.models.loader import load_model
+from fastswitch.sim.workload_driver import replay
+from fastswitch.workloads import synthetic_sharegpt
 
 RESULTS = Path(__file__).parent / "results"
 PRESETS = ("vllm", "fastswitch")

@@ -27,25 +27,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# Run as a script, this folder comes first on sys.path, and its kernels.py would shadow the `kernels`
-# package that transformers probes for at import: leave the folder out.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from fastswitch.build import build_engine  # noqa: E402
-from fastswitch.config import EngineConfig  # noqa: E402
-from fastswitch.model_sources import resolve_model  # noqa: E402
-from fastswitch.models.loader import load_model  # noqa: E402
-from fastswitch.sim.cost_model import CostModel  # noqa: E402
-from fastswitch.sim.cpu_calibration import CpuCalibrator, TimingSession, load_factor  # noqa: E402
-from fastswitch.sim.host_calibration import StepTiming, traced_steps  # noqa: E402
-from fastswitch.sim.model_shapes import ModelShape  # noqa: E402
-from fastswitch.sim.report import format_table  # noqa: E402
-from fastswitch.sim.simulator import build_simulated_engine  # noqa: E402
-from fastswitch.sim.workload_driver import replay, sleep_until  # noqa: E402
-from fastswitch.workloads import synthetic_sharegpt  # noqa: E402
+from fastswitch.build import build_engine
+from fastswitch.config import EngineConfig
+from fastswitch.model_sources import resolve_model
+from fastswitch.models.loader import load_model
+from fastswitch.sim.cost_model import CostModel
+from fastswitch.sim.cpu_calibration import CpuCalibrator, TimingSession, load_factor
+from fastswitch.sim.host_calibration import StepTiming, traced_steps
+from fastswitch.sim.model_shapes import ModelShape
+from fastswitch.sim.report import format_table
+from fastswitch.sim.simulator import build_simulated_engine
+from fastswitch.sim.workload_driver import replay, sleep_until
+from fastswitch.workloads import synthetic_sharegpt
 
 PRESETS = ("vllm", "fastswitch")
 QUANTILES = (50, 90)

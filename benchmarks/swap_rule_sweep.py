@@ -16,16 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
-# Run as a script, this folder comes first on sys.path, and its kernels.py would shadow the `kernels`
-# package that transformers probes for at import: leave the folder out.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from fastswitch.sim.experiments import get_experiment  # noqa: E402
-from fastswitch.sim.report import format_table  # noqa: E402
-from fastswitch.sim.runner import Job, run_jobs  # noqa: E402
+from fastswitch.sim.experiments import get_experiment
+from fastswitch.sim.report import format_table
+from fastswitch.sim.runner import Job, run_jobs
 
 METRICS = ("ttft_p95", "ttft_p99", "ttft_p999", "tbt_p999", "throughput_tokens_per_s", "executor_idle_on_swaps")
 LOWER_IS_BETTER = {"ttft_p95", "ttft_p99", "ttft_p999", "tbt_p999", "executor_idle_on_swaps"}

@@ -14,7 +14,7 @@ and the table says so: the Triton interpreter measures Python, not a kernel. pac
 reused staging buffer (pack_blocks(..., out=)), as a swap manager would, so both sides of the
 comparison move the same bytes into already-mapped memory.
 
-    python benchmarks/kernels.py [--repeats 10]
+    python benchmarks/kernel_speed.py [--repeats 10]
 """
 
 from __future__ import annotations
