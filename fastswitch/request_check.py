@@ -67,7 +67,7 @@ def check_request(
         raise ValueError(f"prompt token ids {bad[:5]} lie outside {allowed}")
     if vocab is not None:
         params.check_vocab(vocab)
-    check_params(params, limits, conversation)
+    _check_params(params, limits, conversation)
     limit = limits.max_seq_len
     room = (1 if params.max_tokens is None else params.max_tokens) if reserve_output else 0
     if len(token_ids) + room > limit:
@@ -81,7 +81,7 @@ def check_request(
     return token_ids
 
 
-def check_params(params: SamplingParams, limits: EngineLimits, conversation: bool) -> None:
+def _check_params(params: SamplingParams, limits: EngineLimits, conversation: bool) -> None:
     """ValueError for what the engine cannot honour for this request's params."""
     if params.stop and limits.detokenize is None:
         raise ValueError(f"stop={list(params.stop)!r} needs a tokenizer to decode the output; this engine has none")
