@@ -28,7 +28,7 @@ timeout 300 python3 -m pytest -q -n 8 -p no:cacheprovider \
     2>&1 | tee "$out/tests.txt"
 status=$?
 
-timeout 120 python3 benchmarks/kernel_speed.py 2>&1 | tee "$out/kernels.txt"
+timeout 120 python3 benchmarks/kernel_speed.py 2>&1 | tee "$out/kernel_speed.txt"
 timeout 120 python3 benchmarks/swap_copy.py --repeats 10 2>&1 | tee "$out/swap_copy.txt"
-cp benchmarks/results/kernels.json benchmarks/results/swap_copy.json "$out"/ 2>/dev/null
+cp benchmarks/results/kernel_speed.json benchmarks/results/swap_copy.json "$out"/ 2>/dev/null
 exit $status

@@ -201,7 +201,7 @@ def main() -> None:
             f"{row.kernel:<16} {row.shape:<40} {1e3 * row.seconds:>8.2f} {row.gbps:>8.2f} "
             f"{row.baseline:<16} {row.baseline_gbps:>8.2f} {row.percent_of_baseline:>7.1f} {peak_text:>7}"
         )
-    out = Path(__file__).parent / "results" / "kernels.json"
+    out = Path(__file__).parent / "results" / "kernel_speed.json"
     out.parent.mkdir(exist_ok=True)
     payload = {
         "device": device_name, "backend": backend, "dtype": str(dtype), "peak_bandwidth": peak,
