@@ -1,12 +1,14 @@
 """Tiny random Llamas (and Qwen2/Qwen3 models) for the model tests.
 
-initializer_range 0.1 (not the default 0.02) keeps the logits spread out, so greedy decoding does
-not collapse into one repeated token and a token-for-token comparison with transformers means
-something.
+initializer_range 0.1 (not the default 0.02, from TINY_CONFIG) keeps the logits spread out, so greedy
+decoding does not collapse into one repeated token and a token-for-token comparison with transformers
+means something.
 """
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+
+from fastswitch.model_sources import TINY_CONFIG
 
 # name -> LlamaConfig overrides; every variant the forward must get right.
 TINY_VARIANTS = {
@@ -27,10 +29,9 @@ TINY_VARIANTS = {
 
 
 def tiny_config(**overrides) -> LlamaConfig:
-    base = dict(
-        vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.1, rms_norm_eps=1e-5,
-    )
+    """The library's tiny-random shape (fastswitch.model_sources.TINY_CONFIG) over a small vocabulary
+    and position limit of the tests' own."""
+    base = {**TINY_CONFIG, "vocab_size": 384, "max_position_embeddings": 256, "rms_norm_eps": 1e-5}
     return LlamaConfig(**{**base, **overrides})
 
 
@@ -57,11 +58,8 @@ TINY_QWEN_VARIANTS = {
 def tiny_qwen_config(family: str, **overrides):
     from transformers import Qwen2Config, Qwen3Config
 
-    base = dict(
-        vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.1, rms_norm_eps=1e-6,
-        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-    )
+    base = {**TINY_CONFIG, "vocab_size": 384, "max_position_embeddings": 256, "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2}  # fmt: skip
     config_class = {"qwen2": Qwen2Config, "qwen3": Qwen3Config}[family]
     return config_class(**{**base, **overrides})
 
