@@ -4,7 +4,8 @@ A stop string ends a request as soon as it appears in the decoded output, no ear
 `min_tokens` output tokens (vLLM's rule): the text is cut before it, or after it with
 `include_stop_str_in_output`. When several appear, the one that starts first wins. The engine
 watches each request with a `StopStringMatcher`; the server's streaming (server/text_stream.py) holds
-back text with `find_stop` too.
+back text that could begin a stop string. Both search their growing text with a `StopSearch`, which
+looks at each call only where a stop string ending in the new characters could start.
 """
 
 from __future__ import annotations
@@ -20,6 +21,28 @@ def find_stop(text: str, stop_strings: Sequence[str], start: int = 0) -> tuple[i
     return min(found, key=lambda hit: hit[0]) if found else None
 
 
+class StopSearch:
+    """The first stop string in a growing text (each call's text extends the last one's)."""
+
+    def __init__(self, stop_strings: Sequence[str]) -> None:
+        self.stop_strings = tuple(stop_strings)
+        # Characters at the end of a text that could begin a stop string the next characters complete.
+        self.overlap = max((len(s) for s in self.stop_strings), default=1) - 1
+        self._clear_until = 0  # no stop string starts before this index of the text
+
+    def first(self, text: str, restart: bool = False) -> tuple[int, str] | None:
+        """(index, stop string) of the first one in text, or None. Searches from where one could still
+        start; restart: from the beginning (for a text decoded anew, which may differ)."""
+        found = find_stop(text, self.stop_strings, 0 if restart else self._clear_until)
+        if found is None:
+            self.pass_over(text)
+        return found
+
+    def pass_over(self, text: str) -> None:
+        """Takes text as searched, unsearched: a stop string that lies wholly in it does not count."""
+        self._clear_until = max(0, len(text) - self.overlap)
+
+
 class StopStringMatcher:
     """Watches one request's output tokens for its stop strings."""
 
@@ -30,7 +53,7 @@ class StopStringMatcher:
         if not stop_strings:
             raise ValueError("a StopStringMatcher needs at least one stop string")
         self.detokenizer = IncrementalDetokenizer(decode)
-        self.stop_strings = tuple(stop_strings)
+        self.search = StopSearch(stop_strings)
         self.min_tokens = min_tokens
         self.include = include_stop_str_in_output
         self.text = ""  # the output decoded at the last call (a window per call: fastswitch/detokenizer.py)
@@ -40,13 +63,11 @@ class StopStringMatcher:
         """Call after each new output token; True once a stop string has appeared (and stays True)."""
         if self.match is not None:
             return True
-        searched = len(self.text)
         self.text = self.detokenizer.update(output_token_ids)
         if len(output_token_ids) < self.min_tokens:
+            self.search.pass_over(self.text)  # too early: these stop strings do not count
             return False
-        # Only text that could hold a stop string overlapping the new characters is searched again.
-        start = max(0, searched - max(len(s) for s in self.stop_strings) + 1)
-        self.match = find_stop(self.text, self.stop_strings, start)
+        self.match = self.search.first(self.text)
         return self.match is not None
 
     @property

@@ -12,20 +12,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fastswitch.detokenizer import IncrementalDetokenizer
-from fastswitch.stop_strings import find_stop
+from fastswitch.stop_strings import StopSearch
 
 
 class TextStream:
     def __init__(self, decode, stop_strings: Sequence[str] = ()) -> None:
         self.detokenizer = IncrementalDetokenizer(decode)  # decode: token ids -> text, special tokens skipped
-        self.stop_strings = list(stop_strings)
+        self.search = StopSearch(stop_strings)
         self.token_ids: list[int] = []
         self.sent = ""  # text handed out so far
         self.stopped = False  # a stop string was found: the request should end now
-
-    @property
-    def holdback(self) -> int:
-        return max((len(s) for s in self.stop_strings), default=1) - 1
 
     def push(self, new_token_ids: list[int], finish_reason: str | None, final_text: str | None = None) -> str:
         """Adds tokens; returns the text that may be sent now. At the end (finish_reason set) it returns
@@ -35,21 +31,17 @@ class TextStream:
         self.token_ids.extend(new_token_ids)
         ids = self.token_ids[:-1] if finish_reason == "stop" and self.token_ids else self.token_ids
         text = self.detokenizer.update(ids, final=finish_reason is not None)
-        cut = self._first_stop(text)
-        if cut is not None:
-            text, self.stopped = text[:cut], True
+        # At the end the text may be a fresh decode (a token taken back): search all of it.
+        found = self.search.first(text, restart=finish_reason is not None)
+        if found is not None:
+            text, self.stopped = text[: found[0]], True
         if final_text is not None:
             text = final_text
         final = finish_reason is not None or self.stopped
         if not final:
-            text = text[: max(len(self.sent), len(text) - self.holdback)]
+            text = text[: max(len(self.sent), len(text) - self.search.overlap)]
         # Deltas always extend what was sent; if a re-decode ever rewrote sent text (a tokenizer's
         # clean-up), the client keeps the old version rather than receiving a contradiction.
         delta = text[len(self.sent) :]
         self.sent += delta
         return delta
-
-    def _first_stop(self, text: str) -> int | None:
-        found = find_stop(text, self.stop_strings)
-        return None if found is None else found[0]
-

@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fastswitch.server.text_stream import TextStream
+from fastswitch.stop_strings import find_stop
 
 STOP_ID = 999
 
@@ -85,3 +86,21 @@ def _tokenizer(folder):
     if folder not in _TOKENIZERS:
         _TOKENIZERS[folder] = AutoTokenizer.from_pretrained(folder)
     return _TOKENIZERS[folder]
+
+
+def test_each_update_searches_only_text_a_stop_string_could_overlap(monkeypatch):
+    import fastswitch.stop_strings as stop_strings
+
+    scanned = []
+
+    def counting_find_stop(text, stop_strings, start=0):
+        scanned.append(len(text) - start)
+        return find_stop(text, stop_strings, start)
+
+    monkeypatch.setattr(stop_strings, "find_stop", counting_find_stop)
+    stream = TextStream(decode_bytes, ["never appears", "nor this"])
+    ids = list(("long answer " * 200).encode())
+    for token in ids:
+        stream.push([token], None)
+    assert not stream.stopped and stream.sent == ("long answer " * 200)[: -len("never appears") + 1]
+    assert sum(scanned) <= 20 * len(ids)  # searching the whole text per token would be len(ids)**2 / 2
