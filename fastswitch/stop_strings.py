@@ -15,9 +15,13 @@ from collections.abc import Callable, Sequence
 from fastswitch.detokenizer import IncrementalDetokenizer
 
 
-def find_stop(text: str, stop_strings: Sequence[str], start: int = 0) -> tuple[int, str] | None:
-    """The first stop string in text at or after start: (its index, the string), or None."""
-    found = [(index, stop) for stop in stop_strings if (index := text.find(stop, start)) >= 0]
+def find_stop(text: str, stop_strings: Sequence[str], searched: int = 0) -> tuple[int, str] | None:
+    """The first stop string in text that ends past text[:searched] (a part searched, or passed over,
+    before): (its index, the string), or None. Each string is looked for only where it could end
+    past that part, so a growing text costs its new characters per search, not its length."""
+    found = [
+        (index, stop) for stop in stop_strings if (index := text.find(stop, max(0, searched - len(stop) + 1))) >= 0
+    ]
     return min(found, key=lambda hit: hit[0]) if found else None
 
 
@@ -28,19 +32,19 @@ class StopSearch:
         self.stop_strings = tuple(stop_strings)
         # Characters at the end of a text that could begin a stop string the next characters complete.
         self.overlap = max((len(s) for s in self.stop_strings), default=1) - 1
-        self._clear_until = 0  # no stop string starts before this index of the text
+        self._searched = 0  # text[:_searched] holds no stop string that counts
 
     def first(self, text: str, restart: bool = False) -> tuple[int, str] | None:
-        """(index, stop string) of the first one in text, or None. Searches from where one could still
-        start; restart: from the beginning (for a text decoded anew, which may differ)."""
-        found = find_stop(text, self.stop_strings, 0 if restart else self._clear_until)
+        """(index, stop string) of the first one in text that ends in the characters added since the last
+        call, or None; restart: the first anywhere (for a text decoded anew, which may differ)."""
+        found = find_stop(text, self.stop_strings, 0 if restart else self._searched)
         if found is None:
             self.pass_over(text)
         return found
 
     def pass_over(self, text: str) -> None:
         """Takes text as searched, unsearched: a stop string that lies wholly in it does not count."""
-        self._clear_until = max(0, len(text) - self.overlap)
+        self._searched = len(text)
 
 
 class StopStringMatcher:
