@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from fastswitch.cli import build_parser, main
+from fastswitch.model_sources import TINY_CONFIG
 
 # Torch attention (the tests' TRITON_INTERPRET=1 would pick Triton's slow interpreter) on one thread
 # (tiny matmuls on a shared 2-core machine are much faster without OpenMP hand-offs).
@@ -84,7 +85,12 @@ def test_bench_compares_presets_on_one_workload(tmp_path, capsys):
     assert [r["preset"] for r in runs] == ["vllm", "fastswitch"]
     assert runs[0]["turns"] == runs[1]["turns"] and all(r["num_finished_requests"] == r["turns"] for r in runs)
     assert all(r["swap_out_count"] > 0 for r in runs)  # 4 blocks for 3 conversations: contexts are switched
-    assert runs[0]["copy_calls"] > runs[1]["copy_calls"]  # per (block, layer, K/V) against per group
+    # How many swaps happen depends on timing (priority re-draws, the adaptive swap rule); the calls per
+    # block moved do not: vLLM 0.3.3 copies each block's K and V of each layer apart, fastswitch copies
+    # each contiguous run of blocks, all layers at once.
+    vllm, fastswitch = ({"calls": r["copy_calls"], "blocks": r["swap_out_blocks"] + r["swap_in_blocks"]} for r in runs)
+    assert vllm["calls"] == vllm["blocks"] * TINY_CONFIG["num_hidden_layers"] * 2
+    assert 0 < fastswitch["calls"] <= fastswitch["blocks"]
     assert "throughput_tokens_per_s" in capsys.readouterr().out
 
 
