@@ -141,7 +141,8 @@ def comparison_rows(results: dict[str, tuple[list[TurnRecord], dict]]) -> list[d
             "preset": preset, "ttft_p50_ms": 1000 * stats["ttft_p50"], "ttft_p99_ms": 1000 * stats["ttft_p99"],
             "tbt_p99_ms": 1000 * stats["tbt_p99"], "tbt_p999_ms": 1000 * stats["tbt_p999"],
             "tokens_per_s": stats["throughput_tokens_per_s"], "preemptions": stats["num_preemptions"],
-            "swap_outs": stats["swap_out_count"], "swap_ins": stats["swap_in_count"], "copy_calls": stats["copy_calls"],
+            "swap_outs": stats["swap_out_count"], "swap_ins": stats["swap_in_count"],
+            "blocks_moved": stats["swap_out_blocks"] + stats["swap_in_blocks"], "copy_calls": stats["copy_calls"],
             "swap_out_mb": stats["swap_out_bytes"] / 2**20, "reused_mb": stats["reused_bytes"] / 2**20,
             "idle_on_swaps_ms": 1000 * stats["executor_idle_on_swaps"], "wall_s": stats["wall_s"],
         })  # fmt: skip

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from fastswitch.model_sources import TINY_CONFIG
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -36,7 +38,10 @@ def test_serve_llama_quick_compares_presets_and_writes_plot(tmp_path, private_ca
     vllm, fastswitch = summary["comparison"]
     assert (vllm["preset"], fastswitch["preset"]) == ("vllm", "fastswitch")
     assert vllm["swap_outs"] > 0 and fastswitch["swap_outs"] > 0  # the budget forces context switches
-    assert vllm["copy_calls"] > fastswitch["copy_calls"]
+    # Per block moved (the number of swaps follows timing): vLLM 0.3.3 copies each layer's K and V of a
+    # block apart, fastswitch each contiguous run of blocks with all its layers.
+    assert vllm["copy_calls"] == vllm["blocks_moved"] * TINY_CONFIG["num_hidden_layers"] * 2
+    assert 0 < fastswitch["copy_calls"] <= fastswitch["blocks_moved"]
     for preset, users in summary["users"].items():
         assert [u["turns"] for u in users] == [2, 2, 2], preset
 
